@@ -1,0 +1,111 @@
+"""`create_app(settings, …) -> faust.App`: topics, the session table, the agent, lifecycles."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+import httpx
+from faust.types import EventT, StreamT
+
+from worker.config import Registry
+from worker.kafka import follow_config
+from worker.pipeline import Pipeline
+from worker.settings import Settings
+from worker.validators.baas import BaasValidator, new_client
+from worker.vault import Vault
+
+log = logging.getLogger(__name__)
+
+
+def faust_settings(settings: Settings, partitions: int) -> dict[str, Any]:
+    """Faust's settings for this worker: Kafka defaults unless the environment tunes them."""
+    conf: dict[str, Any] = {
+        "broker": [f"kafka://{h.strip()}" for h in settings.bootstrap_servers.split(",")],
+        "store": "memory://",
+        "processing_guarantee": "at_least_once",
+        "topic_partitions": partitions,
+        "topic_replication_factor": settings.replication_factor,
+        "datadir": str(settings.data_dir),
+        "web_enabled": settings.web_enabled,
+        "web_port": settings.web_port,
+        "consumer_auto_offset_reset": "earliest",
+        # records held for a validation are finished (not dropped) on rebalance and stop
+        "stream_wait_empty": True,
+    }
+    k = settings.kafka
+    if k.session_timeout_s is not None:
+        conf["broker_session_timeout"] = k.session_timeout_s
+    if k.heartbeat_interval_s is not None:
+        conf["broker_heartbeat_interval"] = k.heartbeat_interval_s
+    if k.rebalance_timeout_s is not None:
+        conf["broker_rebalance_timeout"] = k.rebalance_timeout_s
+    if k.producer_max_batch_size is not None:
+        conf["producer_max_batch_size"] = k.producer_max_batch_size
+    return conf
+
+
+def create_app(settings: Settings, *, partitions: int, registry: Registry) -> faust.App:
+    """The worker's Faust app. `partitions` is the inbound topic's (see kafka.ensure_topics)."""
+    app = faust.App(settings.app_id, **faust_settings(settings, partitions))
+    t = settings.topics
+    raw = faust.Schema(
+        key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    )
+    inbound = app.topic(t.inbound, schema=raw, partitions=partitions)
+    # key: organization/bot/session; value: decide.SessionState.encode()
+    sessions = app.Table(
+        "sessions", default=None, partitions=partitions, key_type=bytes, value_type=bytes
+    )
+    client: httpx.AsyncClient = new_client(settings.max_concurrent_calls)
+    baas = BaasValidator(
+        client,
+        Vault(settings.secrets_dir, settings.environ),
+        retries=settings.http_retries,
+        backoff_s=settings.http_backoff_s,
+        connect_timeout_s=settings.http_connect_timeout_s,
+        max_concurrent=settings.max_concurrent_calls,
+    )
+
+    async def send(
+        topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
+        # queued in order; Faust flushes the producer before it commits any offset
+        fut = await app.producer.send(topic, key, value, None, None, headers)
+        fut.add_done_callback(_delivery_failed)  # type: ignore[attr-defined]
+
+    def _delivery_failed(fut: asyncio.Future[Any]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            # at least once: never let a commit pass a record that was not written
+            log.critical("producing a decision failed: %r; stopping the worker", fut.exception())
+            app.loop.create_task(app.crash(fut.exception()))  # type: ignore[arg-type]
+
+    pipeline = Pipeline(
+        registry=registry,
+        baas=baas,
+        table=sessions,
+        send=send,
+        topics=t,
+        max_held=settings.max_held_messages,
+    )
+    config_ready = asyncio.Event()
+
+    @app.task
+    async def configuration() -> None:
+        try:
+            await follow_config(settings, registry, config_ready)
+        finally:
+            await client.aclose()
+
+    @app.agent(inbound, name="decide")
+    async def decide(stream: StreamT[bytes]) -> None:
+        await config_ready.wait()
+        event: EventT
+        async for event in stream.noack().events():
+            message = event.message
+            await pipeline.submit(message.key, message.value, message.tp, event.ack)
+
+    app.pipeline = pipeline  # type: ignore[attr-defined]
+    return app

@@ -1,0 +1,158 @@
+"""The `secure-session` command: worker | config publish/check/delete | demo-api | dev."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from worker.errors import ConfigError, SecureSessionError
+from worker.settings import Settings
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"secure-session: {message}", err=True)
+    sys.exit(2)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SecureSessionError as exc:
+        _fail(f"bad setting {exc}")
+
+
+@click.group()
+@click.version_option(package_name="secure-session")
+def main() -> None:
+    """Secure-session worker for chatbots: validates the session of every bot message."""
+
+
+@main.command()
+def worker() -> None:
+    """Run one member of the worker's consumer group (configured by the environment)."""
+    import faust
+
+    from worker.app import create_app
+    from worker.config import Registry, load_file
+    from worker.kafka import ensure_topics
+
+    settings = _settings()
+    config = None
+    if settings.config_file is not None:
+        try:
+            config = load_file(settings.config_file)
+        except ConfigError as exc:
+            _fail(f"configuration refused: {exc}")
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        partitions = loop.run_until_complete(ensure_topics(settings))
+    except SecureSessionError as exc:
+        _fail(str(exc))
+    app = create_app(settings, partitions=partitions, registry=Registry.from_file(config))
+    w = faust.Worker(app, loglevel=settings.log_level, quiet=True, loop=loop)
+
+    async def _quiet_root() -> None:
+        # Faust leaves the root logger at DEBUG: records built and thrown away cost ~14%
+        logging.getLogger().setLevel(settings.log_level.upper())
+
+    app.on_startup_finished = _quiet_root
+    w.execute_from_commandline()
+
+
+@main.group()
+def config() -> None:
+    """Check and publish bot / api-connector configuration."""
+
+
+@config.command("check")
+@click.argument("file", type=click.Path(path_type=Path))
+def config_check(file: Path) -> None:
+    """Check a JSON or YAML configuration file; exit 2 naming the field when it is invalid."""
+    from worker.config import load_file
+
+    try:
+        loaded = load_file(file)
+    except ConfigError as exc:
+        _fail(f"configuration refused: {exc}")
+    click.echo(f"{file}: {len(loaded.bots)} bots, {len(loaded.connectors)} connectors: valid")
+
+
+@config.command("publish")
+@click.argument("file", type=click.Path(path_type=Path))
+def config_publish(file: Path) -> None:
+    """Check FILE and write it to the compacted configuration topics."""
+    from worker.config import load_file
+    from worker.kafka import ensure_topics, publish_config
+
+    settings = _settings()
+    try:
+        loaded = load_file(file)
+    except ConfigError as exc:
+        _fail(f"configuration refused: {exc}")
+
+    async def run() -> int:
+        await ensure_topics(settings)
+        return await publish_config(settings, loaded)
+
+    count = asyncio.run(run())
+    click.echo(
+        f"published {len(loaded.bots)} bots to {settings.topics.bots} and "
+        f"{len(loaded.connectors)} connectors to {settings.topics.connectors} ({count} records)"
+    )
+
+
+@config.command("delete")
+@click.option("--bot", "bots", multiple=True, metavar="ORG/NAME", help="a bot to delete")
+@click.option("--connector", "connectors", multiple=True, metavar="ORG/ALIAS")
+def config_delete(bots: tuple[str, ...], connectors: tuple[str, ...]) -> None:
+    """Delete bots or connectors (tombstones on the configuration topics)."""
+    from worker.kafka import publish
+
+    settings = _settings()
+    for key in bots + connectors:
+        if key.count("/") != 1:
+            _fail(f"{key!r} is not of the form ORG/NAME")
+    records: list[tuple[str, str, bytes | None]] = [(settings.topics.bots, k, None) for k in bots]
+    records += [(settings.topics.connectors, k, None) for k in connectors]
+    asyncio.run(publish(settings, records))
+    click.echo(f"deleted {len(records)} records")
+
+
+@main.command("demo-api")
+@click.option("--port", default=8080, show_default=True)
+@click.option("--api-key", envvar="DEMO_API_KEY", default="demo-api-key", show_default=True)
+@click.option(
+    "--token",
+    "tokens",
+    multiple=True,
+    default=("valid-token-alice=alice", "valid-token-bob=bob"),
+    show_default=True,
+    help="TOKEN=IDENTITY accepted by the API",
+)
+@click.option("--latency", default=0.0, show_default=True, help="seconds before each answer")
+def demo_api(port: int, api_key: str, tokens: tuple[str, ...], latency: float) -> None:
+    """Serve the reference Authorization API (POST /VerifyToken)."""
+    from aiohttp import web
+
+    from worker.demo.authapi import AuthorizationAPI
+
+    api = AuthorizationAPI(
+        api_key=api_key,
+        tokens=dict(t.split("=", 1) for t in tokens),
+        default_delay_s=latency,
+    )
+    web.run_app(api.app(), host="0.0.0.0", port=port, access_log=None)  # noqa: S104
+
+
+@main.command()
+def dev() -> None:
+    """Try it: embedded broker, demo Authorization API, worker and demo traffic; Ctrl-C stops."""
+    from worker.demo.dev import run
+
+    run()

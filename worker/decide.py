@@ -1,0 +1,164 @@
+"""The decision core: pure functions of (session state, validation result, config, now).
+
+No I/O and no clock: `now_ms` is an argument, so every rule is tested without a broker
+or a sleep (tests/unit/test_decide.py, with Hypothesis properties).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import orjson
+
+from worker.events import Reason
+
+Outcome = Literal[
+    "allowed",
+    "denied",
+    "unavailable",
+    "misconfigured",
+    "token_missing",
+    "token_invalid",
+    "token_expired",
+    "token_revoked",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    """What the worker keeps per session (in the changelog-backed table)."""
+
+    validated_at_ms: int
+    """When the last validation finished."""
+    allowed: bool
+    """Its outcome: only a success is ever reused."""
+    fingerprint: str
+    """Fingerprint of what was sent (mapped request or token): a change re-validates."""
+    identity: str | None = None
+    expires_at_ms: int | None = None
+    """A token's `exp`: never trusted past it, whatever the interval."""
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            [
+                self.validated_at_ms,
+                self.allowed,
+                self.fingerprint,
+                self.identity,
+                self.expires_at_ms,
+            ]
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> SessionState | None:
+        """The state in `raw`; None for a missing or unreadable value (treated as unknown)."""
+        if raw is None:
+            return None
+        try:
+            at, allowed, fp, identity, exp = orjson.loads(raw)
+            return cls(int(at), bool(allowed), str(fp), identity, exp)
+        except (orjson.JSONDecodeError, TypeError, ValueError):
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class Validation:
+    """The result of one validation (an HTTP call with its retries, or a token check)."""
+
+    outcome: Outcome
+    fingerprint: str
+    at_ms: int
+    detail: str = ""
+    identity: str | None = None
+    expires_at_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What happens to one message."""
+
+    allowed: bool
+    reason: Reason
+    detail: str = ""
+    validated_at_ms: int = 0
+    identity: str | None = None
+
+
+class _Validate:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "VALIDATE"
+
+
+VALIDATE: Final = _Validate()
+"""`decide` answers this when the message needs a new validation."""
+
+_BLOCK_REASON: Final[dict[Outcome, Reason]] = {
+    "denied": "denied",
+    "misconfigured": "misconfigured",
+    "token_missing": "token_missing",
+    "token_invalid": "token_invalid",
+    "token_expired": "token_expired",
+    "token_revoked": "token_revoked",
+}
+
+
+def is_fresh(state: SessionState | None, fingerprint: str, interval_s: float, now_ms: int) -> bool:
+    """A success for the same credential, less than `interval_s` ago and not past its `exp`."""
+    return (
+        state is not None
+        and state.allowed
+        and state.fingerprint == fingerprint
+        and now_ms - state.validated_at_ms < interval_s * 1000
+        and (state.expires_at_ms is None or now_ms < state.expires_at_ms)
+    )
+
+
+def verdict(result: Validation, failure_mode: str, *, first: bool) -> Decision:
+    """The decision a validation gives: to the message that caused it (`first`) or a waiter."""
+    if result.outcome == "allowed":
+        return Decision(True, "validated" if first else "cached", "", result.at_ms, result.identity)
+    if result.outcome == "unavailable":
+        if failure_mode == "open":
+            return Decision(True, "fail_open", result.detail, result.at_ms)
+        return Decision(False, "authorization_unavailable", result.detail, result.at_ms)
+    return Decision(False, _BLOCK_REASON[result.outcome], result.detail, result.at_ms)
+
+
+def decide(
+    state: SessionState | None,
+    fingerprint: str,
+    interval_s: float,
+    failure_mode: str,
+    now_ms: int,
+    waited_for: Validation | None = None,
+) -> Decision | _Validate:
+    """Decide a message of a secure bot, or say that it needs a validation.
+
+    `waited_for` is the validation this message waited on (it arrived while the call was
+    in flight): it decides the message when the credential is the same.
+    """
+    if waited_for is not None and waited_for.fingerprint == fingerprint:
+        return verdict(waited_for, failure_mode, first=False)
+    if is_fresh(state, fingerprint, interval_s, now_ms):
+        assert state is not None
+        return Decision(True, "cached", "", state.validated_at_ms, state.identity)
+    return VALIDATE
+
+
+def state_after(result: Validation) -> SessionState | None:
+    """The session state a validation leaves, or None to leave the state as it was.
+
+    An unreachable API or a misconfiguration says nothing about the session.
+    """
+    if result.outcome in ("unavailable", "misconfigured"):
+        return None
+    return SessionState(
+        result.at_ms,
+        result.outcome == "allowed",
+        result.fingerprint,
+        result.identity,
+        result.expires_at_ms,
+    )

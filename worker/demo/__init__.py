@@ -1,0 +1,1 @@
+"""Demo parts: the reference Authorization API, demo traffic, the embedded broker."""

@@ -1,0 +1,217 @@
+"""Record shapes of CONTRACT.md: the inbound event in, allowed / blocked / audit out.
+
+Parsing is strict and total: anything that is not a valid UTF-8 JSON event raises
+InvalidEvent with a detail that names the problem, never a crash.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from worker.errors import InvalidEvent
+from worker.jsonpath import JsonPath
+
+Reason = Literal[
+    "validated",
+    "cached",
+    "not_required",
+    "fail_open",
+    "denied",
+    "token_missing",
+    "token_invalid",
+    "token_expired",
+    "token_revoked",
+    "authorization_unavailable",
+    "unknown_bot",
+    "misconfigured",
+    "invalid_event",
+]
+AuditKind = Literal["validation", "blocked", "session_ended"]
+
+_REQUIRED = ("id", "organization", "bot", "sessionId")
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """A parsed inbound event."""
+
+    id: str
+    organization: str
+    bot: str
+    session_id: str
+    type: Literal["message", "session_end"]
+    context: dict[str, Any]
+    """The conversational context: where the bot's config reads credentials."""
+
+    @property
+    def state_key(self) -> bytes:
+        """Session-state key: organization, bot and session together, never borrowed across."""
+        return f"{self.organization}/{self.bot}/{self.session_id}".encode()
+
+
+def parse_inbound(value: bytes | None) -> Inbound:
+    """The event in `value`; InvalidEvent (with why) when it is not one."""
+    if value is None:
+        raise InvalidEvent("empty value (tombstone)")
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidEvent("value is not valid UTF-8") from None
+        raise InvalidEvent(f"value is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidEvent(f"value is a JSON {type(doc).__name__}, not an object")
+    for name in _REQUIRED:
+        v = doc.get(name)
+        if v is None:
+            raise InvalidEvent(f"field {name!r} is missing")
+        if not isinstance(v, str) or not v:
+            raise InvalidEvent(f"field {name!r} must be a non-empty string")
+    kind = doc.get("type", "message")
+    if kind not in ("message", "session_end"):
+        raise InvalidEvent("field 'type' must be 'message' or 'session_end'")
+    context = doc.get("context", {})
+    if context is None:
+        context = {}
+    if not isinstance(context, dict):
+        raise InvalidEvent("field 'context' must be an object")
+    ts = doc.get("timestamp")
+    if ts is not None and (not isinstance(ts, int) or isinstance(ts, bool)):
+        raise InvalidEvent("field 'timestamp' must be an integer (epoch ms)")
+    return Inbound(doc["id"], doc["organization"], doc["bot"], doc["sessionId"], kind, context)
+
+
+def fingerprint(value: Any) -> str:
+    """A short, stable hash of a credential (or of what is sent): never the value itself."""
+    data = (
+        value.encode()
+        if isinstance(value, str)
+        else orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    )
+    return "sha256:" + hashlib.sha256(data).hexdigest()[:16]
+
+
+def redacted_event(
+    raw: bytes | None, credential_paths: tuple[JsonPath, ...] | None
+) -> dict[str, Any]:
+    """The inbound object for a blocked record, credentials replaced by fingerprints.
+
+    `credential_paths` are the bot config's paths into `context`; None means they are
+    unknown (no bot, no connector), and then every string in `context` is fingerprinted.
+    Unparseable input comes back as `{"raw": text}` or `{"rawBase64": …}`.
+    """
+    if raw is None:
+        return {"raw": ""}
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try:
+            return {"raw": raw.decode("utf-8")}
+        except UnicodeDecodeError:
+            return {"rawBase64": base64.b64encode(raw).decode("ascii")}
+    if not isinstance(doc, dict):
+        return {"raw": raw.decode("utf-8")}
+    context = doc.get("context")
+    if isinstance(context, (dict, list)):
+        if credential_paths is None:
+            doc["context"] = _fingerprint_strings(context)
+        else:
+            for path in credential_paths:
+                path.replace(context, fingerprint)
+    return doc
+
+
+def _fingerprint_strings(value: Any) -> Any:
+    if isinstance(value, str):
+        return fingerprint(value)
+    if isinstance(value, dict):
+        return {k: _fingerprint_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fingerprint_strings(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Who:
+    """Who a record is about; fields are None when the event did not say."""
+
+    organization: str | None = None
+    bot: str | None = None
+    session_id: str | None = None
+    message_id: str | None = None
+
+    @classmethod
+    def of(cls, event: Inbound | None) -> Who:
+        if event is None:
+            return cls()
+        return cls(event.organization, event.bot, event.session_id, event.id)
+
+
+def blocked_record(
+    who: Who,
+    reason: Reason,
+    detail: str,
+    error_message: str | None,
+    event: dict[str, Any],
+    decided_at_ms: int,
+) -> bytes:
+    return orjson.dumps(
+        {
+            "reason": reason,
+            "detail": detail,
+            "organization": who.organization,
+            "bot": who.bot,
+            "sessionId": who.session_id,
+            "messageId": who.message_id,
+            "decidedAt": decided_at_ms,
+            "errorMessage": error_message,
+            "event": event,
+        }
+    )
+
+
+def audit_record(
+    kind: AuditKind,
+    who: Who,
+    time_ms: int,
+    decision: Literal["allowed", "blocked"] | None,
+    reason: Reason | None,
+    identity: str | None,
+    validation: dict[str, Any] | None,
+) -> bytes:
+    return orjson.dumps(
+        {
+            "auditId": str(uuid.uuid4()),
+            "time": time_ms,
+            "kind": kind,
+            "organization": who.organization,
+            "bot": who.bot,
+            "sessionId": who.session_id,
+            "messageId": who.message_id,
+            "decision": decision,
+            "reason": reason,
+            "identity": identity,
+            "validation": validation,
+        }
+    )
+
+
+def allowed_headers(
+    reason: Reason, validated_at_ms: int, identity: str | None
+) -> list[tuple[str, bytes]]:
+    headers = [
+        ("secure-session-decision", b"allowed"),
+        ("secure-session-reason", reason.encode()),
+        ("secure-session-validated-at", str(validated_at_ms).encode()),
+    ]
+    if identity is not None:
+        headers.append(("secure-session-identity", identity.encode()))
+    return headers

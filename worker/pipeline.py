@@ -1,0 +1,340 @@
+"""Per-session ordering, one validation in flight per session, back-pressure, ordered acks.
+
+The agent hands every inbound record to `Pipeline.submit`. A record whose session is
+being validated joins that session's lane and waits; every other record is decided at
+once. A validation runs as its own task, so a slow Authorization API holds up only the
+sessions that wait for it. When the call ends, its task decides the waiting records of
+the lane in order (starting a new validation if one of them carries a new credential).
+
+Offsets are acked per partition in offset order: a record is acked only when it and
+every record before it on its partition have been decided and sent, so a commit never
+skips an undecided record (Faust's own commit is not gap-safe).
+
+Table writes go to the changelog partition of Faust's *current event*, a context
+variable: a record that waits carries a copy of the context it arrived in, and its
+validation task runs in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Hashable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from worker.config import Bot, Registry
+from worker.decide import VALIDATE, Decision, SessionState, Validation, state_after, verdict
+from worker.decide import decide as decide_message
+from worker.errors import InvalidEvent
+from worker.events import (
+    Inbound,
+    Reason,
+    Who,
+    allowed_headers,
+    audit_record,
+    blocked_record,
+    parse_inbound,
+    redacted_event,
+)
+from worker.jsonpath import JsonPath
+from worker.settings import Topics
+from worker.validators.baas import BaasCall, BaasValidator, CallReport
+
+log = logging.getLogger(__name__)
+
+
+class Send(Protocol):
+    """Queue one record for production, in call order (returns once it is queued)."""
+
+    def __call__(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Awaitable[None]: ...
+
+
+@dataclass(slots=True, eq=False)
+class _Record:
+    key: bytes | None
+    value: bytes | None
+    ack: Callable[[], Any]
+    order: deque[_Record]
+    event: Inbound | None = None
+    context: contextvars.Context | None = None
+    done: bool = False
+
+
+@dataclass(slots=True)
+class Stats:
+    """Counters for metrics and the dev view."""
+
+    decisions: Counter[str] = field(default_factory=Counter)
+    calls: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.decisions.values())
+
+
+class Pipeline:
+    """Decides inbound records; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        baas: BaasValidator,
+        table: MutableMapping[bytes, bytes],
+        send: Send,
+        topics: Topics,
+        max_held: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._registry = registry
+        self._baas = baas
+        self._table = table
+        self._send = send
+        self._topics = topics
+        self._max_held = max_held
+        self._clock = clock
+        self._lanes: dict[bytes, deque[_Record]] = {}
+        self._order: dict[Hashable, deque[_Record]] = {}
+        self._held = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stats = Stats()
+
+    @property
+    def held(self) -> int:
+        """Records waiting for a validation (besides the ones that caused it)."""
+        return self._held
+
+    async def submit(
+        self, key: bytes | None, value: bytes | None, partition: Hashable, ack: Callable[[], Any]
+    ) -> None:
+        """Take one inbound record; returns when the next may be taken (back-pressure)."""
+        order = self._order.get(partition)
+        if order is None:
+            order = self._order[partition] = deque()
+        record = _Record(key, value, ack, order)
+        order.append(record)
+        try:
+            record.event = parse_inbound(value)
+        except InvalidEvent as exc:
+            await self._block(record, None, "invalid_event", exc.detail, None)
+            return
+        lane = self._lanes.get(record.event.state_key)
+        if lane is None:
+            await self._process(record, None)
+            return
+        record.context = contextvars.copy_context()
+        lane.append(record)
+        self._held += 1
+        if self._held >= self._max_held:
+            self._room.clear()
+            log.warning("%d records wait for validations: pausing intake", self._held)
+            await self._room.wait()
+
+    async def _process(self, record: _Record, waited_for: Validation | None) -> bool:
+        """Decide `record`, or start its validation (True); never raises."""
+        try:
+            return await self._decide(record, waited_for)
+        except Exception:  # noqa: BLE001 - one bad record must never stop the worker
+            log.exception("internal error deciding message %s", _where(record))
+            if not record.done:
+                await self._block(record, None, "authorization_unavailable", "internal error", None)
+            return False
+
+    async def _decide(self, record: _Record, waited_for: Validation | None) -> bool:
+        event = record.event
+        assert event is not None
+        bot = self._registry.bot(event.organization, event.bot)
+        if bot is None:
+            detail = f"no configuration for bot {event.organization}/{event.bot}"
+            await self._block(record, None, "unknown_bot", detail, None)
+            return False
+        if event.type == "session_end":
+            await self._end_session(record)
+            return False
+        if not bot.secure:
+            now_ms = self._now_ms()
+            await self._allow(record, Decision(True, "not_required", "", now_ms))
+            return False
+        if bot.type != "baas":
+            detail = f"validation type {bot.type!r} is not supported by this worker version"
+            await self._block(record, bot, "misconfigured", detail, None)
+            return False
+        assert bot.api_alias is not None
+        connector = self._registry.connector(event.organization, bot.api_alias)
+        if connector is None:
+            detail = f"connector {event.organization}/{bot.api_alias} not found"
+            await self._block(record, bot, "misconfigured", detail, None)
+            return False
+        call = self._baas.prepare(connector, event.context)
+        state = SessionState.decode(self._table.get(event.state_key))
+        decision = decide_message(
+            state, call.fingerprint, bot.interval_s, bot.failure_mode, self._now_ms(), waited_for
+        )
+        if decision is VALIDATE:
+            self._lanes.setdefault(event.state_key, deque())
+            task = asyncio.create_task(
+                self._validate(record, bot, call),
+                context=record.context or contextvars.copy_context(),
+            )
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return True
+        assert isinstance(decision, Decision)
+        await self._apply(record, bot, decision, call.credential_paths)
+        return False
+
+    async def _validate(self, record: _Record, bot: Bot, call: BaasCall) -> None:
+        event = record.event
+        assert event is not None
+        result, report = await self._baas.validate(call)
+        self.stats.calls += 1
+        try:
+            new_state = state_after(result)
+            if new_state is not None:
+                self._table[event.state_key] = new_state.encode()
+            decision = verdict(result, bot.failure_mode, first=True)
+            await self._audit_validation(record, decision, call, report)
+            await self._apply(record, bot, decision, call.credential_paths)
+        except Exception:  # noqa: BLE001 - the lane must be drained whatever happens
+            log.exception("internal error after validating message %s", _where(record))
+            if not record.done:
+                await self._block(record, bot, "authorization_unavailable", "internal error", None)
+        finally:
+            await self._drain(event.state_key, result)
+
+    async def _drain(self, key: bytes, result: Validation | None) -> None:
+        lane = self._lanes[key]
+        while lane:
+            record = lane.popleft()
+            self._held -= 1
+            if self._held < self._max_held and not self._room.is_set():
+                self._room.set()
+            assert record.event is not None
+            if record.event.type == "session_end":
+                result = None  # later records start a new session
+            if await self._process(record, result):
+                return  # its validation owns the lane now
+        del self._lanes[key]
+
+    async def _end_session(self, record: _Record) -> None:
+        event = record.event
+        assert event is not None
+        if record.context is None:
+            self._table.pop(event.state_key, None)
+        else:
+            record.context.run(self._table.pop, event.state_key, None)
+        now_ms = self._now_ms()
+        self.stats.decisions["session_ended"] += 1
+        await self._send(
+            self._topics.audit,
+            _out_key(record),
+            audit_record("session_ended", Who.of(event), now_ms, None, None, None, None),
+        )
+        self._done(record)
+
+    async def _apply(
+        self, record: _Record, bot: Bot, decision: Decision, paths: tuple[JsonPath, ...]
+    ) -> None:
+        if decision.allowed:
+            await self._allow(record, decision)
+        else:
+            await self._block(record, bot, decision.reason, decision.detail, paths)
+
+    async def _allow(self, record: _Record, decision: Decision) -> None:
+        assert record.value is not None
+        self.stats.decisions[decision.reason] += 1
+        headers = allowed_headers(decision.reason, decision.validated_at_ms, decision.identity)
+        await self._send(self._topics.allowed, _out_key(record), record.value, headers)
+        self._done(record)
+
+    async def _block(
+        self,
+        record: _Record,
+        bot: Bot | None,
+        reason: Reason,
+        detail: str,
+        credential_paths: tuple[JsonPath, ...] | None,
+    ) -> None:
+        self.stats.decisions[reason] += 1
+        who = Who.of(record.event)
+        now_ms = self._now_ms()
+        event = redacted_event(record.value, credential_paths)
+        error_message = bot.error_message if bot is not None else None
+        key = _out_key(record)
+        await self._send(
+            self._topics.blocked,
+            key,
+            blocked_record(who, reason, detail, error_message, event, now_ms),
+        )
+        await self._send(
+            self._topics.audit,
+            key,
+            audit_record("blocked", who, now_ms, "blocked", reason, None, None),
+        )
+        self._done(record)
+
+    async def _audit_validation(
+        self, record: _Record, decision: Decision, call: BaasCall, report: CallReport
+    ) -> None:
+        validation = {
+            "type": "baas",
+            "connector": call.connector.alias,
+            "httpStatus": report.http_status,
+            "latencyMs": report.latency_ms,
+            "attempts": report.attempts,
+            "tokenFingerprint": call.fingerprint,
+        }
+        await self._send(
+            self._topics.audit,
+            _out_key(record),
+            audit_record(
+                "validation",
+                Who.of(record.event),
+                self._now_ms(),
+                "allowed" if decision.allowed else "blocked",
+                decision.reason,
+                decision.identity,
+                validation,
+            ),
+        )
+
+    @staticmethod
+    def _done(record: _Record) -> None:
+        """Mark decided; ack the partition's head run of decided records, in offset order."""
+        record.done = True
+        order = record.order
+        while order and order[0].done:
+            order.popleft().ack()
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    async def drain_all(self) -> None:
+        """Wait for every validation in flight (and what waits behind it) to finish."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _out_key(record: _Record) -> bytes | None:
+    if record.key is not None:
+        return record.key
+    return record.event.session_id.encode() if record.event is not None else None
+
+
+def _where(record: _Record) -> str:
+    event = record.event
+    if event is None:
+        return "(unparsed)"
+    return f"org={event.organization} bot={event.bot} session={event.session_id} id={event.id}"

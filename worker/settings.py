@@ -1,0 +1,168 @@
+"""Worker settings: one frozen object, read once from the environment by the entry point."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from worker.errors import SettingsError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Topic names (CONTRACT.md defaults)."""
+
+    inbound: str = "bot.messages.inbound"
+    allowed: str = "bot.messages.allowed"
+    blocked: str = "bot.messages.blocked"
+    audit: str = "secure-session.audit"
+    bots: str = "secure-session.bots"
+    connectors: str = "secure-session.connectors"
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaTuning:
+    """Client timings; `None` keeps the Faust / aiokafka default (right for Apache Kafka).
+
+    Tests and dev mode set short group timings and one-record producer batches for tansu
+    (see README, "Running on tansu").
+    """
+
+    session_timeout_s: float | None = None
+    heartbeat_interval_s: float | None = None
+    rebalance_timeout_s: float | None = None
+    producer_max_batch_size: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the worker reads from its environment."""
+
+    bootstrap_servers: str = "localhost:9092"
+    app_id: str = "secure-session"
+    topics: Topics = field(default_factory=Topics)
+    config_file: Path | None = None
+    secrets_dir: Path | None = None
+    allow_insecure_endpoints: bool = False
+    partitions: int = 8
+    replication_factor: int = 1
+    data_dir: Path = Path("secure-session-data")
+    web_enabled: bool = True
+    web_port: int = 6066
+    max_held_messages: int = 10_000
+    max_concurrent_calls: int = 100
+    http_retries: int = 2
+    http_backoff_s: float = 0.2
+    http_connect_timeout_s: float = 2.0
+    log_level: str = "info"
+    kafka: KafkaTuning = field(default_factory=KafkaTuning)
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """The environment the settings were read from (secrets may come from it)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from `env` (default: `os.environ`); raise SettingsError on bad values."""
+        env = dict(os.environ if env is None else env)
+        d = cls()
+        r = _Reader(env)
+        t = d.topics
+        return cls(
+            bootstrap_servers=r.get("KAFKA_BOOTSTRAP_SERVERS", str, d.bootstrap_servers),
+            app_id=r.get("SECURE_SESSION_APP_ID", str, d.app_id),
+            topics=Topics(
+                inbound=r.get("SECURE_SESSION_TOPIC_INBOUND", str, t.inbound),
+                allowed=r.get("SECURE_SESSION_TOPIC_ALLOWED", str, t.allowed),
+                blocked=r.get("SECURE_SESSION_TOPIC_BLOCKED", str, t.blocked),
+                audit=r.get("SECURE_SESSION_TOPIC_AUDIT", str, t.audit),
+                bots=r.get("SECURE_SESSION_TOPIC_BOTS", str, t.bots),
+                connectors=r.get("SECURE_SESSION_TOPIC_CONNECTORS", str, t.connectors),
+            ),
+            config_file=r.get("SECURE_SESSION_CONFIG", Path, None),
+            secrets_dir=r.get("SECURE_SESSION_SECRETS_DIR", Path, None),
+            allow_insecure_endpoints=r.get("SECURE_SESSION_ALLOW_INSECURE_ENDPOINTS", _bool, False),
+            partitions=r.get("SECURE_SESSION_PARTITIONS", _positive(int), d.partitions),
+            replication_factor=r.get(
+                "SECURE_SESSION_REPLICATION_FACTOR", _positive(int), d.replication_factor
+            ),
+            data_dir=r.get("SECURE_SESSION_DATA_DIR", Path, d.data_dir),
+            web_enabled=r.get("SECURE_SESSION_WEB_ENABLED", _bool, d.web_enabled),
+            web_port=r.get("SECURE_SESSION_WEB_PORT", _positive(int), d.web_port),
+            max_held_messages=r.get(
+                "SECURE_SESSION_MAX_HELD_MESSAGES", _positive(int), d.max_held_messages
+            ),
+            max_concurrent_calls=r.get(
+                "SECURE_SESSION_MAX_CONCURRENT_CALLS", _positive(int), d.max_concurrent_calls
+            ),
+            http_retries=r.get("SECURE_SESSION_HTTP_RETRIES", _non_negative(int), d.http_retries),
+            http_backoff_s=r.get(
+                "SECURE_SESSION_HTTP_BACKOFF_S", _non_negative(float), d.http_backoff_s
+            ),
+            http_connect_timeout_s=r.get(
+                "SECURE_SESSION_HTTP_CONNECT_TIMEOUT_S", _positive(float), d.http_connect_timeout_s
+            ),
+            log_level=r.get("SECURE_SESSION_LOG_LEVEL", _log_level, d.log_level),
+            kafka=KafkaTuning(
+                session_timeout_s=r.get("KAFKA_SESSION_TIMEOUT_S", _positive(float), None),
+                heartbeat_interval_s=r.get("KAFKA_HEARTBEAT_INTERVAL_S", _positive(float), None),
+                rebalance_timeout_s=r.get("KAFKA_REBALANCE_TIMEOUT_S", _positive(float), None),
+                producer_max_batch_size=r.get(
+                    "KAFKA_PRODUCER_MAX_BATCH_SIZE", _positive(int), None
+                ),
+            ),
+            environ=env,
+        )
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = self.env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            raise SettingsError(name, f"{raw!r} is not valid: {exc}") from exc
+
+
+def _bool(raw: str) -> bool:
+    low = raw.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+
+def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
+    def parse(raw: str) -> T:
+        value = kind(raw)
+        if value <= 0:  # type: ignore[operator]
+            raise ValueError("must be greater than 0")
+        return value
+
+    return parse
+
+
+def _non_negative(kind: Callable[[str], T]) -> Callable[[str], T]:
+    def parse(raw: str) -> T:
+        value = kind(raw)
+        if value < 0:  # type: ignore[operator]
+            raise ValueError("must not be negative")
+        return value
+
+    return parse
+
+
+def _log_level(raw: str) -> str:
+    low = raw.lower()
+    if low not in ("debug", "info", "warning", "error", "critical"):
+        raise ValueError("expected debug, info, warning, error or critical")
+    return low

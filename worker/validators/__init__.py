@@ -1,0 +1,1 @@
+"""Validators: how a session is checked (BaaS HTTP call, JWT)."""
