@@ -1,0 +1,262 @@
+"""Drives real workers (subprocesses) through real topics, with a real Authorization API.
+
+Everything asynchronous (the API server, Kafka clients, the output collector) runs on
+one event loop in a background thread; tests are plain functions that wait on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import jsonschema
+import orjson
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from tests.conftest import Broker
+from worker.demo.authapi import AuthorizationAPI, RunningAPI
+
+T = TypeVar("T")
+SCHEMAS = Path(__file__).parents[2] / "schemas"
+API_KEY = "test-api-key-7f3a9c"  # must never show up in outputs or logs
+
+
+def _schema(name: str) -> jsonschema.protocols.Validator:
+    data = json.loads((SCHEMAS / f"{name}.schema.json").read_text())
+    return jsonschema.Draft202012Validator(data)
+
+
+@dataclass
+class Out:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: dict[str, bytes]
+    doc: dict[str, Any] | None = None
+
+    @property
+    def header_reason(self) -> str:
+        return self.headers["secure-session-reason"].decode()
+
+
+@dataclass
+class Harness:
+    broker: Broker
+    tmp: Path
+    name: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    api: AuthorizationAPI = field(default_factory=lambda: AuthorizationAPI(api_key=API_KEY))
+    outputs: list[Out] = field(default_factory=list)
+    schema_errors: list[str] = field(default_factory=list)
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.topics = {
+            k: f"{k}.{self.name}"
+            for k in ("inbound", "allowed", "blocked", "audit", "bots", "connectors")
+        }
+        self.app_id = f"ss-test-{self.name}"
+        self.secrets = self.tmp / "secrets"
+        (self.secrets / "acme").mkdir(parents=True)
+        (self.secrets / "acme" / "api-key").write_text(API_KEY + "\n")
+        self.logs: list[Path] = []
+        self._validators = {"blocked": _schema("blocked-record"), "audit": _schema("audit-event")}
+
+    # ------------------------------------------------------------------ plumbing
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self) -> Harness:
+        self.server = self.run(RunningAPI(self.api).start())
+        self.producer = self.run(self._producer())
+        self.run(self._create_topics())
+        self._collector = asyncio.run_coroutine_threadsafe(self._collect(), self.loop)
+        return self
+
+    async def _producer(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(bootstrap_servers=self.broker.bootstrap, linger_ms=0)
+        await producer.start()
+        return producer
+
+    async def _create_topics(self) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.broker.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics(
+                [NewTopic(self.topics[k], 4, 1) for k in ("inbound", "allowed", "blocked", "audit")]
+            )
+        finally:
+            await admin.close()
+
+    async def _collect(self) -> None:
+        names = {self.topics[k]: k for k in ("allowed", "blocked", "audit")}
+        consumer = AIOKafkaConsumer(
+            *names, bootstrap_servers=self.broker.bootstrap, auto_offset_reset="earliest",
+            group_id=None, metadata_max_age_ms=1000,
+        )
+        await consumer.start()
+        try:
+            while True:
+                batch = await consumer.getmany(timeout_ms=100)
+                for tp, msgs in batch.items():
+                    kind = names[tp.topic]
+                    for m in msgs:
+                        out = Out(kind, m.key, m.value, {k: v for k, v in m.headers})
+                        if kind != "allowed":
+                            out.doc = orjson.loads(m.value)
+                            for err in self._validators[kind].iter_errors(out.doc):
+                                self.schema_errors.append(f"{kind}: {err.message}")
+                        self.outputs.append(out)
+        finally:
+            await consumer.stop()
+
+    def stop(self) -> None:
+        try:
+            for proc in self.workers:
+                self._stop_worker(proc)
+            if hasattr(self, "_collector"):
+                self._collector.cancel()
+                time.sleep(0.3)  # let the collector's consumer stop
+            if hasattr(self, "producer"):
+                self.run(self.producer.stop())
+            if hasattr(self, "server"):
+                self.run(self.server.stop())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+            self.loop.close()
+
+    # ------------------------------------------------------------------ config and workers
+
+    def write_config(self, bots: list[dict[str, Any]], connectors: list[dict[str, Any]]) -> Path:
+        path = self.tmp / f"config-{uuid.uuid4().hex[:6]}.yaml"
+        path.write_text(yaml.safe_dump({"bots": bots, "connectors": connectors}))
+        return path
+
+    def env(self, config: Path | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SECURE_SESSION")}
+        env |= self.broker.client_env()
+        env |= {f"SECURE_SESSION_TOPIC_{k.upper()}": v for k, v in self.topics.items()}
+        env |= {
+            "SECURE_SESSION_APP_ID": self.app_id,
+            "SECURE_SESSION_SECRETS_DIR": str(self.secrets),
+            "SECURE_SESSION_DATA_DIR": str(self.tmp / "data"),
+            "SECURE_SESSION_WEB_ENABLED": "0",
+            "SECURE_SESSION_ALLOW_INSECURE_ENDPOINTS": "1",
+            "SECURE_SESSION_HTTP_BACKOFF_S": "0.05",
+            "SECURE_SESSION_PARTITIONS": "4",
+        }
+        if config is not None:
+            env["SECURE_SESSION_CONFIG"] = str(config)
+        return env | self.extra_env
+
+    def start_worker(self, config: Path | None, timeout: float = 60) -> subprocess.Popen[bytes]:
+        log = self.tmp / f"worker-{len(self.logs)}.log"
+        self.logs.append(log)
+        with log.open("wb") as f:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "worker", "worker"],
+                env=self.env(config), stdout=f, stderr=subprocess.STDOUT,
+            )
+        self.workers.append(proc)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"worker exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+            if b"configuration ready" in log.read_bytes():
+                return proc
+            time.sleep(0.1)
+        raise AssertionError(f"worker not ready in {timeout} s:\n{log.read_text()[-3000:]}")
+
+    def _stop_worker(self, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop_worker(self, proc: subprocess.Popen[bytes]) -> None:
+        self._stop_worker(proc)
+        self.workers.remove(proc)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "worker", *args],
+            env=self.env(), capture_output=True, text=True, timeout=60, check=False,
+        )
+
+    # ------------------------------------------------------------------ traffic
+
+    def send(self, *events: dict[str, Any] | bytes, key: bytes | None | str = "session") -> None:
+        async def go() -> None:
+            for ev in events:
+                value = ev if isinstance(ev, bytes) else orjson.dumps(ev)
+                k = key
+                if k == "session":
+                    k = ev["sessionId"].encode() if isinstance(ev, dict) else None
+                await self.producer.send(self.topics["inbound"], value, key=k)
+            await self.producer.flush()
+
+        self.run(go())
+
+    def decisions(self, session: str) -> list[Out]:
+        """Allowed and blocked records of one session, in output order."""
+        key = session.encode()
+        return [o for o in list(self.outputs) if o.topic != "audit" and o.key == key]
+
+    def audits(self, session: str | None = None) -> list[dict[str, Any]]:
+        return [
+            o.doc for o in list(self.outputs)
+            if o.topic == "audit" and o.doc is not None
+            and (session is None or o.doc["sessionId"] == session)
+        ]
+
+    def wait_decisions(self, session: str, count: int, timeout: float = 30) -> list[Out]:
+        return self.wait(lambda: self.decisions(session), count, timeout, f"session {session}")
+
+    def wait(self, get: Callable[[], list[T]], count: int, timeout: float, what: str) -> list[T]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = get()
+            if len(got) >= count:
+                return got
+            time.sleep(0.05)
+        raise AssertionError(f"{what}: {len(get())} of {count} records after {timeout} s")
+
+
+def event(session: str, msg_id: str, token: str | None = None, bot: str = "secure",
+          org: str = "acme", **extra: Any) -> dict[str, Any]:
+    ev: dict[str, Any] = {"id": msg_id, "organization": org, "bot": bot, "sessionId": session,
+                          "type": "message", "payload": {"text": "hi"}, "context": {}}
+    if token is not None:
+        ev["context"]["secureTokenForUser"] = token
+    ev.update(extra)
+    return ev
+
+
+def reason(out: Out) -> str:
+    """The decision's reason, from headers (allowed) or the record (blocked)."""
+    if out.topic == "allowed":
+        return out.header_reason
+    assert out.doc is not None
+    return str(out.doc["reason"])

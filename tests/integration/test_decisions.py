@@ -1,0 +1,238 @@
+"""The BaaS flow through the topics, on one worker shared by the module's tests."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import Broker
+from tests.integration.conftest import API_KEY, bot, connector
+from tests.integration.harness import Harness, event, reason
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def h(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+    harness = Harness(broker, tmp_path_factory.mktemp("decisions")).start()
+    try:
+        url = harness.server.url
+        config = harness.write_config(
+            bots=[
+                bot("secure"),
+                bot("short", interval=2),
+                bot("open", alias="quick", FailureMode="open"),
+                bot("closed", alias="quick", FailureMode="closed"),
+                bot("noconn", alias="missing"),
+                bot("nosecret", alias="nosecret"),
+                {"Name": "plain", "Organization": "acme", "SecureSession": False},
+            ],
+            connectors=[
+                connector("main", url),
+                connector("quick", url, timeout=0.5),
+                connector("nosecret", url, secret="not-there"),
+            ],
+        )
+        harness.start_worker(config)
+        yield harness
+    finally:
+        harness.stop()
+    assert not harness.schema_errors, harness.schema_errors[:5]
+    for log in harness.logs:
+        assert API_KEY not in log.read_text(errors="replace")
+    assert not [o for o in harness.outputs if API_KEY.encode() in o.value]
+
+
+def new_session(h: Harness, valid: bool = True) -> tuple[str, str]:
+    session, token = f"s-{uuid.uuid4().hex[:8]}", f"tok-{uuid.uuid4().hex}"
+    if valid:
+        h.api.tokens[token] = f"user-{session}"
+    return session, token
+
+
+def test_first_message_calls_once_and_the_rest_are_cached(h: Harness) -> None:
+    s, tok = new_session(h)
+    sent = [event(s, f"m{i}", tok) for i in range(5)]
+    h.send(*sent)
+    outs = h.wait_decisions(s, 5)
+    assert [reason(o) for o in outs] == ["validated"] + ["cached"] * 4
+    assert [o.value for o in outs] == [orjson.dumps(e) for e in sent]  # byte for byte
+    assert all(o.headers["secure-session-decision"] == b"allowed" for o in outs)
+    assert h.api.calls[tok] == 1
+    (audit,) = h.audits(s)
+    assert audit["kind"] == "validation" and audit["reason"] == "validated"
+    assert audit["validation"]["httpStatus"] == 200 and audit["validation"]["attempts"] == 1
+    assert tok not in str(audit)
+
+
+def test_after_the_interval_one_more_call(h: Harness) -> None:
+    s, tok = new_session(h)
+    h.send(event(s, "m0", tok, bot="short"))
+    h.wait_decisions(s, 1)
+    h.send(event(s, "m1", tok, bot="short"))
+    h.wait_decisions(s, 2)
+    assert h.api.calls[tok] == 1
+    time.sleep(2.2)
+    h.send(event(s, "m2", tok, bot="short"))
+    outs = h.wait_decisions(s, 3)
+    assert [reason(o) for o in outs] == ["validated", "cached", "validated"]
+    assert h.api.calls[tok] == 2
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_4xx_blocks_with_denied(h: Harness, status: int) -> None:
+    s, tok = new_session(h)
+    h.api.script[tok] = [status]
+    h.send(event(s, "m0", tok))
+    (out,) = h.wait_decisions(s, 1)
+    assert out.topic == "blocked" and out.doc is not None
+    assert out.doc["reason"] == "denied"
+    assert out.doc["errorMessage"] == "Please sign in again."
+    assert out.doc["messageId"] == "m0" and out.doc["sessionId"] == s
+    # the credential is replaced by its fingerprint
+    assert out.doc["event"]["context"]["secureTokenForUser"].startswith("sha256:")
+    assert tok not in out.value.decode()
+    assert h.api.calls[tok] == 1  # never retried
+    kinds = sorted(a["kind"] for a in h.audits(s))
+    assert kinds == ["blocked", "validation"]
+
+
+def test_changed_token_is_validated_at_once(h: Harness) -> None:
+    s, tok1 = new_session(h)
+    _, tok2 = new_session(h)
+    h.send(event(s, "m0", tok1), event(s, "m1", tok1), event(s, "m2", tok2))
+    outs = h.wait_decisions(s, 3)
+    assert [reason(o) for o in outs] == ["validated", "cached", "validated"]
+    assert (h.api.calls[tok1], h.api.calls[tok2]) == (1, 1)
+
+
+def test_500_then_200_succeeds_on_retry(h: Harness) -> None:
+    s, tok = new_session(h)
+    h.api.script[tok] = [500]
+    h.send(event(s, "m0", tok))
+    (out,) = h.wait_decisions(s, 1)
+    assert reason(out) == "validated"
+    assert h.api.calls[tok] == 2
+    (audit,) = h.audits(s)
+    assert audit["validation"]["attempts"] == 2
+
+
+def test_5xx_after_retries_is_unavailable(h: Harness) -> None:
+    s, tok = new_session(h)
+    h.api.script[tok] = [503, 503, 503]
+    h.send(event(s, "m0", tok))
+    (out,) = h.wait_decisions(s, 1)
+    assert reason(out) == "authorization_unavailable"
+    assert h.api.calls[tok] == 3
+
+
+@pytest.mark.parametrize(("bot_name", "expected"), [("closed", "authorization_unavailable"),
+                                                    ("open", "fail_open")])
+def test_timeout_follows_the_failure_mode(h: Harness, bot_name: str, expected: str) -> None:
+    s, tok = new_session(h)
+    h.api.delay_s[tok] = 3
+    h.send(event(s, "m0", tok, bot=bot_name), event(s, "m1", tok, bot=bot_name))
+    outs = h.wait_decisions(s, 2, timeout=30)
+    assert [reason(o) for o in outs] == [expected, expected]  # the waiter shares the result
+    assert outs[0].topic == ("allowed" if expected == "fail_open" else "blocked")
+
+
+def test_unknown_bot(h: Harness) -> None:
+    s, tok = new_session(h)
+    h.send(event(s, "m0", tok, bot="nobody"))
+    (out,) = h.wait_decisions(s, 1)
+    assert out.doc is not None and out.doc["reason"] == "unknown_bot"
+    assert tok not in out.value.decode()  # credentials of unknown bots are fingerprinted too
+    assert [a["reason"] for a in h.audits(s)] == ["unknown_bot"]
+
+
+@pytest.mark.parametrize(
+    ("value", "shape"),
+    [
+        (b"\xff\xfe\x00", "rawBase64"),
+        (b"{not json", "raw"),
+        (b"[1, 2]", "raw"),
+        (orjson.dumps({"organization": "acme", "bot": "secure", "sessionId": "x"}), "bot"),
+        (orjson.dumps({"id": "m", "organization": "acme", "bot": "secure", "sessionId": 7}), "bot"),
+        (orjson.dumps({"id": "m", "organization": "acme", "bot": "secure", "sessionId": "x",
+                       "context": "nope"}), "bot"),
+        (orjson.dumps({"id": "m", "organization": "acme", "bot": "secure", "sessionId": "x",
+                       "type": "other"}), "bot"),
+    ],
+)
+def test_malformed_records_are_blocked_with_a_reason(h: Harness, value: bytes, shape: str) -> None:
+    key = f"bad-{uuid.uuid4().hex[:8]}"
+    h.send(value, key=key.encode())
+    (out,) = h.wait_decisions(key, 1)
+    assert out.doc is not None and out.doc["reason"] == "invalid_event"
+    assert out.doc["detail"]
+    assert shape in out.doc["event"]
+    audits = h.wait(lambda: [o for o in h.outputs if o.topic == "audit" and o.key == key.encode()],
+                    1, 10, "audit")
+    assert audits[0].doc is not None and audits[0].doc["reason"] == "invalid_event"
+
+
+def test_a_record_without_key_is_keyed_by_its_session(h: Harness) -> None:
+    s, tok = new_session(h)
+    h.send(event(s, "m0", tok), key=None)
+    (out,) = h.wait_decisions(s, 1)
+    assert reason(out) == "validated"
+
+
+@pytest.mark.parametrize("bot_name", ["noconn", "nosecret"])
+def test_missing_connector_or_secret_is_misconfigured(h: Harness, bot_name: str) -> None:
+    s, tok = new_session(h)
+    h.send(event(s, "m0", tok, bot=bot_name))
+    (out,) = h.wait_decisions(s, 1)
+    assert out.doc is not None and out.doc["reason"] == "misconfigured"
+    assert h.api.calls[tok] == 0
+
+
+def test_bot_without_secure_session_is_not_required(h: Harness) -> None:
+    s, _ = new_session(h)
+    h.send(event(s, "m0", bot="plain"))
+    (out,) = h.wait_decisions(s, 1)
+    assert reason(out) == "not_required"
+
+
+def test_session_end_forgets_the_session_and_is_audited(h: Harness) -> None:
+    s, tok = new_session(h)
+    h.send(event(s, "m0", tok), event(s, "end", type="session_end"), event(s, "m1", tok))
+    outs = h.wait_decisions(s, 2)
+    assert [reason(o) for o in outs] == ["validated", "validated"]
+    assert h.api.calls[tok] == 2
+    ended = [a for a in h.audits(s) if a["kind"] == "session_ended"]
+    assert len(ended) == 1 and ended[0]["messageId"] == "end"
+
+
+def test_100_sessions_x_10_messages_in_order_with_one_call_each(h: Harness) -> None:
+    sessions = [new_session(h) for _ in range(100)]
+    for _, tok in sessions:
+        h.api.delay_s[tok] = 0.05
+    h.send(*[event(s, f"m{i}", tok) for i in range(10) for s, tok in sessions])
+    for s, tok in sessions:
+        outs = h.wait_decisions(s, 10, timeout=60)
+        assert [orjson.loads(o.value)["id"] for o in outs] == [f"m{i}" for i in range(10)]
+        assert [reason(o) for o in outs] == ["validated"] + ["cached"] * 9
+        assert h.api.calls[tok] == 1
+
+
+def test_a_slow_api_call_does_not_hold_up_other_sessions(h: Harness) -> None:
+    slow, slow_tok = new_session(h)
+    fast, fast_tok = new_session(h)
+    h.api.delay_s[slow_tok] = 2
+    h.send(event(slow, "m0", slow_tok))
+    time.sleep(0.2)  # the slow call is in flight
+    started = time.monotonic()
+    h.send(*[event(fast, f"m{i}", fast_tok) for i in range(5)])
+    h.wait_decisions(fast, 5, timeout=10)
+    fast_took = time.monotonic() - started
+    assert not h.decisions(slow), "the slow session was decided before its call ended"
+    assert fast_took < 1.5, f"other session took {fast_took:.2f} s"
+    (out,) = h.wait_decisions(slow, 1)
+    assert reason(out) == "validated"
