@@ -51,7 +51,7 @@ def create_app(settings: Settings, *, partitions: int, registry: Registry) -> fa
     """The worker's Faust app. `partitions` is the inbound topic's (see kafka.ensure_topics)."""
     app = faust.App(settings.app_id, **faust_settings(settings, partitions))
     t = settings.topics
-    raw = faust.Schema(
+    raw = faust.Schema(  # type: ignore[var-annotated]
         key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )
     inbound = app.topic(t.inbound, schema=raw, partitions=partitions)
@@ -92,7 +92,7 @@ def create_app(settings: Settings, *, partitions: int, registry: Registry) -> fa
     )
     config_ready = asyncio.Event()
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]
     async def configuration() -> None:
         try:
             await follow_config(settings, registry, config_ready)
@@ -102,8 +102,8 @@ def create_app(settings: Settings, *, partitions: int, registry: Registry) -> fa
     @app.agent(inbound, name="decide")
     async def decide(stream: StreamT[bytes]) -> None:
         await config_ready.wait()
-        event: EventT
-        async for event in stream.noack().events():
+        event: EventT[bytes]
+        async for event in stream.noack().events():  # type: ignore[attr-defined]
             message = event.message
             await pipeline.submit(message.key, message.value, message.tp, event.ack)
 

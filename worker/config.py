@@ -95,7 +95,7 @@ def _validator(schema: str) -> jsonschema.protocols.Validator:
     with (SCHEMAS / f"{schema}.schema.json").open(encoding="utf-8") as f:
         loaded = json.load(f)
     cls = jsonschema.validators.validator_for(loaded)
-    return cls(loaded)  # type: ignore[no-any-return]
+    return cls(loaded)
 
 
 def _check_schema(schema: str, data: Any, source: str) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
-from jsonpath_ng.ext import parse
+from jsonpath_ng.ext import parse  # type: ignore[attr-defined]
 
 _DOTTED = re.compile(r"\$(?:\.[A-Za-z_][A-Za-z0-9_-]*)+")
 

@@ -14,20 +14,39 @@ pytestmark = pytest.mark.integration
 
 def connector(alias: str, url: str, timeout: float = 5, secret: str = "api-key") -> dict[str, Any]:
     return {
-        "Type": "api-connector", "Alias": alias, "Organization": "acme", "Method": "POST",
-        "Endpoint": url, "TimeoutSeconds": timeout,
+        "Type": "api-connector",
+        "Alias": alias,
+        "Organization": "acme",
+        "Method": "POST",
+        "Endpoint": url,
+        "TimeoutSeconds": timeout,
         "Headers": {"Authorization": f"srn:vault::acme:secret:{secret}"},
-        "RequestMapping": {"tokenToVerify": {"type": "requestBody", "requestBodyPath": "$.token",
-                                             "inputPath": "$.secureTokenForUser"}},
-        "ResponseMapping": {}, "Body": {},
+        "RequestMapping": {
+            "tokenToVerify": {
+                "type": "requestBody",
+                "requestBodyPath": "$.token",
+                "inputPath": "$.secureTokenForUser",
+            }
+        },
+        "ResponseMapping": {},
+        "Body": {},
     }
 
 
 def bot(name: str, alias: str = "main", interval: float = 300, **ssc: Any) -> dict[str, Any]:
-    return {"Name": name, "Organization": "acme", "Id": f"id-{name}", "SecureSession": True,
-            "SecureSessionConfig": {"Type": "baas", "ValidationInterval": interval,
-                                    "ApiAlias": alias, "ErrorMessage": "Please sign in again.",
-                                    **ssc}}
+    return {
+        "Name": name,
+        "Organization": "acme",
+        "Id": f"id-{name}",
+        "SecureSession": True,
+        "SecureSessionConfig": {
+            "Type": "baas",
+            "ValidationInterval": interval,
+            "ApiAlias": alias,
+            "ErrorMessage": "Please sign in again.",
+            **ssc,
+        },
+    }
 
 
 @pytest.fixture

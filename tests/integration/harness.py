@@ -109,8 +109,11 @@ class Harness:
     async def _collect(self) -> None:
         names = {self.topics[k]: k for k in ("allowed", "blocked", "audit")}
         consumer = AIOKafkaConsumer(
-            *names, bootstrap_servers=self.broker.bootstrap, auto_offset_reset="earliest",
-            group_id=None, metadata_max_age_ms=1000,
+            *names,
+            bootstrap_servers=self.broker.bootstrap,
+            auto_offset_reset="earliest",
+            group_id=None,
+            metadata_max_age_ms=1000,
         )
         await consumer.start()
         try:
@@ -174,13 +177,17 @@ class Harness:
         with log.open("wb") as f:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "worker", "worker"],
-                env=self.env(config), stdout=f, stderr=subprocess.STDOUT,
+                env=self.env(config),
+                stdout=f,
+                stderr=subprocess.STDOUT,
             )
         self.workers.append(proc)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise AssertionError(f"worker exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+                raise AssertionError(
+                    f"worker exited ({proc.returncode}):\n{log.read_text()[-3000:]}"
+                )
             if b"configuration ready" in log.read_bytes():
                 return proc
             time.sleep(0.1)
@@ -202,7 +209,11 @@ class Harness:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "worker", *args],
-            env=self.env(), capture_output=True, text=True, timeout=60, check=False,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
 
     # ------------------------------------------------------------------ traffic
@@ -226,8 +237,10 @@ class Harness:
 
     def audits(self, session: str | None = None) -> list[dict[str, Any]]:
         return [
-            o.doc for o in list(self.outputs)
-            if o.topic == "audit" and o.doc is not None
+            o.doc
+            for o in list(self.outputs)
+            if o.topic == "audit"
+            and o.doc is not None
             and (session is None or o.doc["sessionId"] == session)
         ]
 
@@ -244,10 +257,23 @@ class Harness:
         raise AssertionError(f"{what}: {len(get())} of {count} records after {timeout} s")
 
 
-def event(session: str, msg_id: str, token: str | None = None, bot: str = "secure",
-          org: str = "acme", **extra: Any) -> dict[str, Any]:
-    ev: dict[str, Any] = {"id": msg_id, "organization": org, "bot": bot, "sessionId": session,
-                          "type": "message", "payload": {"text": "hi"}, "context": {}}
+def event(
+    session: str,
+    msg_id: str,
+    token: str | None = None,
+    bot: str = "secure",
+    org: str = "acme",
+    **extra: Any,
+) -> dict[str, Any]:
+    ev: dict[str, Any] = {
+        "id": msg_id,
+        "organization": org,
+        "bot": bot,
+        "sessionId": session,
+        "type": "message",
+        "payload": {"text": "hi"},
+        "context": {},
+    }
     if token is not None:
         ev["context"]["secureTokenForUser"] = token
     ev.update(extra)

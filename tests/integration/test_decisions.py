@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
 import pytest
@@ -131,8 +130,9 @@ def test_5xx_after_retries_is_unavailable(h: Harness) -> None:
     assert h.api.calls[tok] == 3
 
 
-@pytest.mark.parametrize(("bot_name", "expected"), [("closed", "authorization_unavailable"),
-                                                    ("open", "fail_open")])
+@pytest.mark.parametrize(
+    ("bot_name", "expected"), [("closed", "authorization_unavailable"), ("open", "fail_open")]
+)
 def test_timeout_follows_the_failure_mode(h: Harness, bot_name: str, expected: str) -> None:
     s, tok = new_session(h)
     h.api.delay_s[tok] = 3
@@ -159,10 +159,30 @@ def test_unknown_bot(h: Harness) -> None:
         (b"[1, 2]", "raw"),
         (orjson.dumps({"organization": "acme", "bot": "secure", "sessionId": "x"}), "bot"),
         (orjson.dumps({"id": "m", "organization": "acme", "bot": "secure", "sessionId": 7}), "bot"),
-        (orjson.dumps({"id": "m", "organization": "acme", "bot": "secure", "sessionId": "x",
-                       "context": "nope"}), "bot"),
-        (orjson.dumps({"id": "m", "organization": "acme", "bot": "secure", "sessionId": "x",
-                       "type": "other"}), "bot"),
+        (
+            orjson.dumps(
+                {
+                    "id": "m",
+                    "organization": "acme",
+                    "bot": "secure",
+                    "sessionId": "x",
+                    "context": "nope",
+                }
+            ),
+            "bot",
+        ),
+        (
+            orjson.dumps(
+                {
+                    "id": "m",
+                    "organization": "acme",
+                    "bot": "secure",
+                    "sessionId": "x",
+                    "type": "other",
+                }
+            ),
+            "bot",
+        ),
     ],
 )
 def test_malformed_records_are_blocked_with_a_reason(h: Harness, value: bytes, shape: str) -> None:
@@ -172,8 +192,12 @@ def test_malformed_records_are_blocked_with_a_reason(h: Harness, value: bytes, s
     assert out.doc is not None and out.doc["reason"] == "invalid_event"
     assert out.doc["detail"]
     assert shape in out.doc["event"]
-    audits = h.wait(lambda: [o for o in h.outputs if o.topic == "audit" and o.key == key.encode()],
-                    1, 10, "audit")
+    audits = h.wait(
+        lambda: [o for o in h.outputs if o.topic == "audit" and o.key == key.encode()],
+        1,
+        10,
+        "audit",
+    )
     assert audits[0].doc is not None and audits[0].doc["reason"] == "invalid_event"
 
 

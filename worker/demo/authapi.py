@@ -71,7 +71,7 @@ async def _token_of(request: web.Request) -> str:
         except ValueError:
             return ""
         if isinstance(body, dict) and isinstance(body.get("token"), str):
-            return body["token"]
+            return str(body["token"])
     return ""
 
 
@@ -92,7 +92,7 @@ class RunningAPI:
         await site.start()
         server = site._server
         assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
         return self
 
     @property

@@ -1,0 +1,103 @@
+"""State across a worker restart, and configuration applied live from the topics."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from tests.integration.conftest import bot, connector
+from tests.integration.harness import Harness, event, reason
+from worker.demo.authapi import AuthorizationAPI, RunningAPI
+
+pytestmark = pytest.mark.integration
+
+
+def test_restart_keeps_validated_sessions(harness: Harness) -> None:
+    h = harness
+    config = h.write_config([bot("secure")], [connector("main", h.server.url)])
+    worker = h.start_worker(config)
+    ok, bad = "s-ok", "s-bad"
+    h.api.tokens["tok-ok"] = "alice"
+    h.send(event(ok, "m0", "tok-ok"), event(bad, "m0", "tok-bad"))
+    h.wait_decisions(ok, 1)
+    h.wait_decisions(bad, 1)
+    h.stop_worker(worker)
+
+    h.start_worker(config)
+    h.send(event(ok, "m1", "tok-ok"), event(bad, "m1", "tok-bad"))
+    outs = h.wait_decisions(ok, 2)
+    assert [reason(o) for o in outs] == ["validated", "cached"]
+    assert h.api.calls["tok-ok"] == 1  # no new call inside the interval
+    # a denied session is never allowed from state: it is asked again, and denied again
+    assert [reason(o) for o in h.wait_decisions(bad, 2)] == ["denied", "denied"]
+
+
+def test_config_published_to_topics_applies_without_restart(harness: Harness) -> None:
+    h = harness
+    h.start_worker(None)
+    other = AuthorizationAPI(api_key="test-api-key-7f3a9c", tokens={"tok": "bob"})
+    other_server = h.run(RunningAPI(other).start())
+    h.api.tokens["tok"] = "alice"
+    try:
+
+        def publish(interval: float, url: str, secure: bool = True) -> None:
+            b = bot("live", interval=interval)
+            b["SecureSession"] = secure
+            path = h.write_config([b], [connector("main", url)])
+            done = h.cli("config", "publish", str(path))
+            assert done.returncode == 0, done.stderr
+
+        def decide_one() -> str:
+            s = f"s-{uuid.uuid4().hex[:6]}"
+            h.send(event(s, "m", "tok", bot="live"))
+            return reason(h.wait_decisions(s, 1)[0])
+
+        def eventually(expected: str) -> None:
+            seen = [decide_one() for _ in range(1)]
+            for _ in range(40):
+                if seen[-1] == expected:
+                    return
+                seen.append(decide_one())
+            raise AssertionError(f"never {expected}: {seen}")
+
+        assert decide_one() == "unknown_bot"
+        publish(300, h.server.url)
+        eventually("validated")
+        calls = h.api.calls["tok"]
+        publish(300, other_server.url)  # a new endpoint
+        eventually("validated")
+        assert other.calls["tok"] >= 1
+        assert h.api.calls["tok"] == calls
+        publish(300, other_server.url, secure=False)  # switched off
+        eventually("not_required")
+        # a bad record on the config topic is skipped, the last good one stays in force
+        h.run(h.producer.send_and_wait(h.topics["bots"], b"{oops", key=b"acme/live"))
+        assert decide_one() == "not_required"
+        deleted = h.cli("config", "delete", "--bot", "acme/live")
+        assert deleted.returncode == 0, deleted.stderr
+        eventually("unknown_bot")
+    finally:
+        h.run(other_server.stop())
+    assert "skipped bot config record" in h.logs[0].read_text()
+
+
+def test_invalid_config_file_is_refused_with_file_field_and_why(harness: Harness) -> None:
+    h = harness
+    b = bot("x")
+    b["SecureSessionConfig"]["ValidationInterval"] = -5
+    path = h.write_config([b], [connector("main", h.server.url)])
+    proc = subprocess.run(
+        [sys.executable, "-m", "worker", "worker"],
+        env=h.env(path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert str(path) in proc.stderr
+    assert "bots[0]" in proc.stderr and "SecureSessionConfig.ValidationInterval" in proc.stderr
+    assert "minimum" in proc.stderr

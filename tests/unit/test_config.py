@@ -1,0 +1,130 @@
+"""Config checking: every refusal names the source, the field and why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from worker.config import Registry, load_file, parse_bot, parse_connector
+from worker.errors import ConfigError
+
+BOT = {
+    "Name": "b",
+    "Organization": "acme",
+    "SecureSession": True,
+    "SecureSessionConfig": {"Type": "baas", "ValidationInterval": 60, "ApiAlias": "A"},
+}
+CON = {
+    "Type": "api-connector",
+    "Alias": "A",
+    "Organization": "acme",
+    "Method": "POST",
+    "Endpoint": "https://auth.example.com/v",
+    "Headers": {"Authorization": "srn:vault::acme:secret:k"},
+    "RequestMapping": {
+        "t": {"type": "requestBody", "requestBodyPath": "$.token", "inputPath": "$.tok"}
+    },
+}
+
+
+def test_valid_records_parse_and_unknown_fields_are_kept_and_ignored() -> None:
+    bot = parse_bot({**BOT, "Extra": {"x": 1}}, "test")
+    assert (bot.key, bot.interval_s, bot.failure_mode) == ("acme/b", 60.0, "closed")
+    assert parse_connector(CON, "test").mappings[0].name == "t"
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "why"),
+    [
+        (
+            {"SecureSessionConfig": {"Type": "baas", "ValidationInterval": 60}},
+            "SecureSessionConfig.ApiAlias",
+            "is required",
+        ),
+        (
+            {"SecureSessionConfig": {"Type": "x", "ValidationInterval": 60}},
+            "SecureSessionConfig.Type",
+            "is not one of",
+        ),
+        (
+            {"SecureSessionConfig": {**BOT["SecureSessionConfig"], "FailureMode": "maybe"}},  # type: ignore[dict-item]
+            "SecureSessionConfig.FailureMode",
+            "is not one of",
+        ),
+        ({"Name": 3}, "Name", "is not of type"),
+        ({"SecureSession": True, "SecureSessionConfig": None}, "SecureSessionConfig", ""),
+    ],
+)
+def test_bad_bots_are_refused_with_field_and_why(change: dict, field: str, why: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError) as err:
+        parse_bot({**BOT, **change}, "file.yaml: bots[0]")
+    assert err.value.source == "file.yaml: bots[0]"
+    assert err.value.field == field
+    assert why in err.value.why
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"Endpoint": "ftp://x"}, "Endpoint"),
+        ({"Method": "BREW"}, "Method"),
+        ({"Headers": {"Authorization": "srn:vault::acme:oops"}}, "Headers.Authorization"),
+        (
+            {"RequestMapping": {"t": {"type": "header", "inputPath": "$.[["}}},
+            "RequestMapping.t.inputPath",
+        ),
+        (
+            {"RequestMapping": {"t": {"type": "requestBody", "inputPath": "$.a"}}},
+            "RequestMapping.t.requestBodyPath",
+        ),
+    ],
+)
+def test_bad_connectors_are_refused(change: dict, field: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError) as err:
+        parse_connector({**CON, **change}, "src")
+    assert err.value.field == field
+
+
+def test_literal_secret_values_are_not_echoed_in_errors() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_connector({**CON, "Headers": ["literal-secret-value"]}, "src")
+    assert "literal-secret-value" not in str(err.value)
+
+
+def test_file_errors(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="nope.yaml: cannot be read"):
+        load_file(missing)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("bots: [\n")
+    with pytest.raises(ConfigError, match="not valid JSON or YAML"):
+        load_file(bad)
+    dup = tmp_path / "dup.json"
+    dup.write_bytes(orjson.dumps({"bots": [BOT, BOT]}))
+    with pytest.raises(ConfigError, match=r"bots\[1\]: Name: acme/b is defined twice"):
+        load_file(dup)
+    other = tmp_path / "other.yaml"
+    other.write_text("robots: []\n")
+    with pytest.raises(ConfigError, match="other.yaml"):
+        load_file(other)
+
+
+def test_registry_applies_topic_records_and_skips_bad_ones() -> None:
+    reg = Registry()
+    reg.apply("bot", b"acme/b", orjson.dumps(BOT))
+    assert reg.bot("acme", "b") is not None
+    reg.apply("bot", b"acme/b", b"{broken")  # skipped: the good one stays
+    reg.apply("bot", b"acme/other", orjson.dumps(BOT))  # key mismatch: skipped
+    reg.apply("bot", None, orjson.dumps(BOT))
+    assert set(reg.bots) == {"acme/b"}
+    reg.apply("bot", b"acme/b", None)
+    assert reg.bot("acme", "b") is None
+
+
+@given(st.binary(max_size=100), st.binary(max_size=300) | st.none())
+def test_any_config_record_is_applied_or_skipped(key: bytes, value: bytes | None) -> None:
+    Registry().apply("connector", key, value)

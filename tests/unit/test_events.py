@@ -1,0 +1,85 @@
+"""Parsing never crashes: every input is an event or an InvalidEvent with a reason."""
+
+from __future__ import annotations
+
+import json
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from worker.errors import InvalidEvent
+from worker.events import fingerprint, parse_inbound, redacted_event
+from worker.jsonpath import JsonPath
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
+    ),
+    max_leaves=20,
+)
+GOOD = {"id": "m", "organization": "acme", "bot": "b", "sessionId": "s"}
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_parse_or_are_invalid(raw: bytes) -> None:
+    try:
+        parse_inbound(raw)
+    except InvalidEvent as exc:
+        assert exc.detail
+
+
+@given(st.dictionaries(st.sampled_from([*GOOD, "type", "context", "timestamp", "x"]), json_values))
+def test_any_json_object_parses_or_is_invalid(doc: dict) -> None:  # type: ignore[type-arg]
+    try:
+        ev = parse_inbound(json.dumps(doc).encode())
+    except InvalidEvent as exc:
+        assert exc.detail
+    else:
+        assert isinstance(ev.context, dict) and ev.type in ("message", "session_end")
+    redacted_event(json.dumps(doc).encode(), None)
+
+
+def test_minimal_event() -> None:
+    ev = parse_inbound(orjson.dumps(GOOD))
+    assert (ev.type, ev.context, ev.state_key) == ("message", {}, b"acme/b/s")
+
+
+@pytest.mark.parametrize(
+    ("raw", "detail"),
+    [
+        (None, "empty value"),
+        (b"\xff", "not valid UTF-8"),
+        (b"{", "not valid JSON"),
+        (b"3", "not an object"),
+        (orjson.dumps({**GOOD, "id": ""}), "'id' must be a non-empty string"),
+        (orjson.dumps({k: v for k, v in GOOD.items() if k != "bot"}), "'bot' is missing"),
+        (orjson.dumps({**GOOD, "timestamp": True}), "'timestamp' must be an integer"),
+    ],
+)
+def test_reasons(raw: bytes | None, detail: str) -> None:
+    with pytest.raises(InvalidEvent, match=detail):
+        parse_inbound(raw)
+
+
+def test_credentials_are_fingerprinted_in_blocked_events() -> None:
+    raw = orjson.dumps(
+        {**GOOD, "context": {"tok": "secret-token", "lang": "en", "nested": {"t": ["a", "b"]}}}
+    )
+    doc = redacted_event(raw, (JsonPath("$.tok"), JsonPath("$.nested.t[1]")))
+    assert doc["context"] == {
+        "tok": fingerprint("secret-token"),
+        "lang": "en",
+        "nested": {"t": ["a", fingerprint("b")]},
+    }
+    everything = redacted_event(raw, None)
+    assert "secret-token" not in orjson.dumps(everything).decode()
+    assert redacted_event(b"\xff", None) == {"rawBase64": "/w=="}
+    assert redacted_event(b"[1]", None) == {"raw": "[1]"}
+
+
+def test_fingerprint_is_short_and_stable() -> None:
+    assert fingerprint("abc") == fingerprint("abc") != fingerprint("abd")
+    assert len(fingerprint("abc")) == len("sha256:") + 16

@@ -1,0 +1,106 @@
+"""The pipeline without Kafka: order, one call per session, ordered acks, back-pressure."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import orjson
+
+from worker.config import Registry, parse_bot, parse_connector
+from worker.pipeline import Pipeline
+from worker.settings import Topics
+from worker.validators.baas import BaasValidator
+from worker.vault import Vault
+
+BOT = {
+    "Name": "b",
+    "Organization": "acme",
+    "SecureSession": True,
+    "SecureSessionConfig": {"Type": "baas", "ValidationInterval": 60, "ApiAlias": "A"},
+}
+CON = {
+    "Alias": "A",
+    "Organization": "acme",
+    "Method": "POST",
+    "Endpoint": "https://a.example/v",
+    "RequestMapping": {"t": {"type": "header", "name": "X-T", "inputPath": "$.t"}},
+}
+
+
+class Gate:
+    """An Authorization API that answers only when the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.calls: list[str] = []
+
+    async def handler(self, request: httpx.Request) -> httpx.Response:
+        self.calls.append(request.headers["X-T"])
+        await self.open.wait()
+        return httpx.Response(200 if request.headers["X-T"].startswith("ok") else 403)
+
+
+def make(gate: Gate, max_held: int = 100) -> tuple[Pipeline, list[tuple[str, Any]], list[int]]:
+    sent: list[tuple[str, Any]] = []
+    acked: list[int] = []
+    registry = Registry()
+    registry.bots["acme/b"] = parse_bot(BOT, "t")
+    registry.connectors["acme/A"] = parse_connector(CON, "t")
+    client = httpx.AsyncClient(transport=httpx.MockTransport(gate.handler))
+    baas = BaasValidator(
+        client, Vault(None, {}), retries=0, backoff_s=0, connect_timeout_s=1, max_concurrent=10
+    )
+
+    async def send(topic: str, key: bytes | None, value: bytes, headers: Any = None) -> None:
+        doc = orjson.loads(value)
+        sent.append((topic, doc["id"] if topic == Topics().allowed else doc))
+
+    p = Pipeline(
+        registry=registry, baas=baas, table={}, send=send, topics=Topics(), max_held=max_held
+    )
+    return p, sent, acked
+
+
+def ev(session: str, i: int, token: str) -> bytes:
+    return orjson.dumps(
+        {
+            "id": f"{session}-{i}",
+            "organization": "acme",
+            "bot": "b",
+            "sessionId": session,
+            "context": {"t": token},
+        }
+    )
+
+
+async def test_waiters_are_decided_in_order_by_one_call_and_acks_follow_offsets() -> None:
+    gate = Gate()
+    p, sent, acked = make(gate)
+    for i in range(3):
+        await p.submit(b"s1", ev("s1", i, "ok-1"), 0, lambda i=i: acked.append(i))
+    await p.submit(b"s2", ev("s2", 0, "bad"), 0, lambda: acked.append(3))
+    await asyncio.sleep(0.01)
+    assert sent == [] and acked == [] and p.held == 2
+    gate.open.set()
+    await p.drain_all()
+    allowed = [v for t, v in sent if t == "bot.messages.allowed"]
+    assert allowed == ["s1-0", "s1-1", "s1-2"]
+    assert sorted(gate.calls) == ["bad", "ok-1"]
+    assert acked == [0, 1, 2, 3]  # in offset order, whatever finished first
+    assert p.stats.decisions == {"validated": 1, "cached": 2, "denied": 1}
+
+
+async def test_intake_pauses_when_too_many_records_wait() -> None:
+    gate = Gate()
+    p, _, acked = make(gate, max_held=3)
+    for i in range(3):
+        await p.submit(b"s1", ev("s1", i, "ok"), 0, lambda: acked.append(1))
+    blocked = asyncio.create_task(p.submit(b"s1", ev("s1", 3, "ok"), 0, lambda: acked.append(1)))
+    await asyncio.sleep(0.05)
+    assert not blocked.done()  # back-pressure: the agent loop waits
+    gate.open.set()
+    await asyncio.wait_for(blocked, 1)
+    await p.drain_all()
+    assert len(acked) == 4 and len(gate.calls) == 1
