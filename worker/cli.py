@@ -151,8 +151,10 @@ def demo_api(port: int, api_key: str, tokens: tuple[str, ...], latency: float) -
 
 
 @main.command()
-def dev() -> None:
+@click.option("--duration", type=float, default=None, help="stop after this many seconds")
+@click.option("--rate", type=float, default=3.0, show_default=True, help="demo messages a second")
+def dev(duration: float | None, rate: float) -> None:
     """Try it: embedded broker, demo Authorization API, worker and demo traffic; Ctrl-C stops."""
     from worker.demo.dev import run
 
-    run()
+    sys.exit(run(duration, rate))

@@ -1,0 +1,31 @@
+# One command to try it, one to test it. Everything installs into .venv from nothing.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: run test check install clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+## make run: embedded broker + demo Authorization API + worker + demo traffic, decisions live
+run: install
+	$(BIN)/secure-session dev
+
+## make test: unit and integration tests (starts tansu unless KAFKA_BOOTSTRAP_SERVERS is set)
+test: install
+	$(BIN)/python -m pytest
+
+## make check: lint, format and types
+check: install
+	$(BIN)/ruff check worker tests
+	$(BIN)/ruff format --check worker tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
