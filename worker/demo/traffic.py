@@ -1,0 +1,119 @@
+"""Demo traffic: a few signed-in users, intruders and broken records; prints each decision.
+
+`python -m worker.demo.traffic` runs it against KAFKA_BOOTSTRAP_SERVERS (docker-compose).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import random
+import time
+from collections.abc import Callable
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+USERS = {"conv-alice": "valid-token-alice", "conv-bob": "valid-token-bob"}
+COLOR = {"allowed": "\033[32m", "blocked": "\033[31m"}
+RESET = "\033[0m"
+
+
+def demo_event(n: int) -> tuple[bytes | None, bytes]:
+    """The n-th demo record: mostly signed-in users, some intruders and broken records."""
+    rnd = random.Random(n)
+    pick = rnd.random()
+    base = {
+        "id": f"m-{n}",
+        "organization": "acme",
+        "bot": "securebot",
+        "type": "message",
+        "timestamp": int(time.time() * 1000),
+        "payload": {"text": f"hello #{n}"},
+    }
+    if pick < 0.55:
+        session, token = rnd.choice(list(USERS.items()))
+        ev = {**base, "sessionId": session, "context": {"secureTokenForUser": token}}
+    elif pick < 0.70:
+        ev = {**base, "sessionId": "conv-mallory", "context": {"secureTokenForUser": "stolen"}}
+    elif pick < 0.78:
+        ev = {**base, "sessionId": "conv-guest", "context": {}}
+    elif pick < 0.88:
+        ev = {**base, "bot": "faqbot", "sessionId": "conv-faq"}
+    elif pick < 0.94:
+        ev = {**base, "bot": "ghostbot", "sessionId": "conv-ghost"}
+    else:
+        return b"conv-broken", b'{"id": "m-broken", "organization": '
+    return str(ev["sessionId"]).encode(), orjson.dumps(ev)
+
+
+def line(topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes]) -> str:
+    session = key.decode(errors="replace") if key else "-"
+    if topic == "allowed":
+        doc = orjson.loads(value)
+        reason = headers.get("secure-session-reason", b"").decode()
+        what = f"{doc.get('bot')}  {doc.get('id')}"
+        return f"{COLOR['allowed']}ALLOWED {reason:<26}{RESET} {session:<14} {what}"
+    doc = orjson.loads(value)
+    return (
+        f"{COLOR['blocked']}BLOCKED {doc['reason']:<26}{RESET} {session:<14} "
+        f"{doc.get('bot')}  {doc.get('messageId')}  ({doc['detail']})"
+    )
+
+
+async def run_traffic(
+    bootstrap: str,
+    duration: float | None,
+    rate: float,
+    alive: Callable[[], bool] = lambda: True,
+    topics: tuple[str, str, str] = (
+        "bot.messages.inbound",
+        "bot.messages.allowed",
+        "bot.messages.blocked",
+    ),
+) -> int:
+    """Send demo records at `rate` a second and print decisions; return how many were shown."""
+    inbound, allowed, blocked = topics
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(
+        allowed,
+        blocked,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="latest",
+        metadata_max_age_ms=1000,
+    )
+    await producer.start()
+    await consumer.start()
+    kinds = {allowed: "allowed", blocked: "blocked"}
+
+    async def produce() -> None:
+        for n in itertools.count():
+            key, value = demo_event(n)
+            await producer.send_and_wait(inbound, value, key=key)
+            await asyncio.sleep(1 / rate)
+
+    sender = asyncio.create_task(produce())
+    shown = 0
+    stop_at = None if duration is None else time.monotonic() + duration
+    try:
+        while alive() and (stop_at is None or time.monotonic() < stop_at):
+            batch = await consumer.getmany(timeout_ms=200)
+            for tp, messages in batch.items():
+                for m in messages:
+                    print(line(kinds[tp.topic], m.key, m.value, dict(m.headers)), flush=True)
+                    shown += 1
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+        await consumer.stop()
+        await producer.stop()
+    return shown
+
+
+if __name__ == "__main__":
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
+    asyncio.run(run_traffic(bootstrap, None, float(os.environ.get("DEMO_RATE", "3"))))
