@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import BinaryIO, NoReturn
 
 import click
 
@@ -122,6 +123,46 @@ def config_delete(bots: tuple[str, ...], connectors: tuple[str, ...]) -> None:
     records += [(settings.topics.connectors, k, None) for k in connectors]
     asyncio.run(publish(settings, records))
     click.echo(f"deleted {len(records)} records")
+
+
+@main.command()
+@click.argument("source", type=click.File("rb"), default="-")
+def send(source: BinaryIO) -> None:
+    """Send inbound events, one JSON object per line (SOURCE or stdin), keyed by sessionId."""
+    import orjson
+
+    from worker.kafka import publish
+
+    settings = _settings()
+    records: list[tuple[str, str, bytes | None]] = []
+    for number, line in enumerate(source, 1):
+        raw = line.strip()
+        if not raw:
+            continue
+        try:
+            session = orjson.loads(raw).get("sessionId", "")
+        except (orjson.JSONDecodeError, AttributeError):
+            session = ""  # sent as is: the worker blocks it as invalid_event
+        if not isinstance(session, str) or not session:
+            click.echo(f"line {number}: no sessionId, sent with an empty key", err=True)
+            session = ""
+        records.append((settings.topics.inbound, session, raw))
+    asyncio.run(publish(settings, records))
+    click.echo(f"sent {len(records)} events to {settings.topics.inbound}")
+
+
+@main.command()
+@click.option("--from-beginning", is_flag=True, help="show earlier decisions too")
+def watch(from_beginning: bool) -> None:
+    """Print allowed and blocked decisions as they happen (Ctrl-C stops)."""
+    from worker.demo.traffic import watch_decisions
+
+    settings = _settings()
+    t = settings.topics
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            watch_decisions(settings.bootstrap_servers, t.allowed, t.blocked, from_beginning)
+        )
 
 
 @main.command("demo-api")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -101,3 +102,18 @@ def test_invalid_config_file_is_refused_with_file_field_and_why(harness: Harness
     assert str(path) in proc.stderr
     assert "bots[0]" in proc.stderr and "SecureSessionConfig.ValidationInterval" in proc.stderr
     assert "minimum" in proc.stderr
+
+
+def test_send_command_keys_events_by_session(harness: Harness) -> None:
+    h = harness
+    h.start_worker(h.write_config([bot("secure")], [connector("main", h.server.url)]))
+    h.api.tokens["tok-cli"] = "carol"
+    events = h.tmp / "events.jsonl"
+    lines = [event("s-cli", f"m{i}", "tok-cli") for i in range(3)]
+    events.write_text("\n".join(json.dumps(e) for e in lines) + "\nnot json\n")
+    done = h.cli("send", str(events))
+    assert done.returncode == 0, done.stderr
+    assert "sent 4 events" in done.stdout
+    outs = h.wait_decisions("s-cli", 3)
+    assert [reason(o) for o in outs] == ["validated", "cached", "cached"]
+    assert h.api.calls["tok-cli"] == 1

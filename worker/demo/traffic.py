@@ -114,6 +114,24 @@ async def run_traffic(
     return shown
 
 
+async def watch_decisions(bootstrap: str, allowed: str, blocked: str, from_beginning: bool) -> None:
+    """Print decisions forever."""
+    consumer = AIOKafkaConsumer(
+        allowed,
+        blocked,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+    )
+    kinds = {allowed: "allowed", blocked: "blocked"}
+    await consumer.start()
+    try:
+        async for m in consumer:
+            print(line(kinds[m.topic], m.key, m.value, dict(m.headers)), flush=True)
+    finally:
+        await consumer.stop()
+
+
 if __name__ == "__main__":
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
     asyncio.run(run_traffic(bootstrap, None, float(os.environ.get("DEMO_RATE", "3"))))
