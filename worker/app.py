@@ -15,6 +15,7 @@ from worker.kafka import follow_config
 from worker.pipeline import Pipeline
 from worker.settings import Settings
 from worker.validators.baas import BaasValidator, new_client
+from worker.validators.jwt import JwtValidator
 from worker.vault import Vault
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,10 @@ def create_app(settings: Settings, *, partitions: int, registry: Registry) -> fa
         "sessions", default=None, partitions=partitions, key_type=bytes, value_type=bytes
     )
     client: httpx.AsyncClient = new_client(settings.max_concurrent_calls)
+    vault = Vault(settings.secrets_dir, settings.environ)
     baas = BaasValidator(
         client,
-        Vault(settings.secrets_dir, settings.environ),
+        vault,
         retries=settings.http_retries,
         backoff_s=settings.http_backoff_s,
         connect_timeout_s=settings.http_connect_timeout_s,
@@ -85,6 +87,7 @@ def create_app(settings: Settings, *, partitions: int, registry: Registry) -> fa
     pipeline = Pipeline(
         registry=registry,
         baas=baas,
+        jwt=JwtValidator(vault),
         table=sessions,
         send=send,
         topics=t,

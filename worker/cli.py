@@ -13,11 +13,16 @@ import click
 
 from worker.errors import ConfigError, SecureSessionError
 from worker.settings import Settings
+from worker.vault import Vault
 
 
 def _fail(message: str) -> NoReturn:
     click.echo(f"secure-session: {message}", err=True)
     sys.exit(2)
+
+
+def vault_of(settings: Settings) -> Vault:
+    return Vault(settings.secrets_dir, settings.environ)
 
 
 def _settings() -> Settings:
@@ -41,6 +46,7 @@ def worker() -> None:
     from worker.app import create_app
     from worker.config import Registry, load_file
     from worker.kafka import ensure_topics
+    from worker.validators.jwt import key_checker
 
     settings = _settings()
     config = None
@@ -49,13 +55,17 @@ def worker() -> None:
             config = load_file(settings.config_file)
         except ConfigError as exc:
             _fail(f"configuration refused: {exc}")
+    try:
+        registry = Registry.from_file(config, key_checker(vault_of(settings)))
+    except ConfigError as exc:
+        _fail(f"configuration refused: {exc}")
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
         partitions = loop.run_until_complete(ensure_topics(settings))
     except SecureSessionError as exc:
         _fail(str(exc))
-    app = create_app(settings, partitions=partitions, registry=Registry.from_file(config))
+    app = create_app(settings, partitions=partitions, registry=registry)
     w = faust.Worker(app, loglevel=settings.log_level, quiet=True, loop=loop)
 
     async def _quiet_root() -> None:
@@ -163,6 +173,31 @@ def watch(from_beginning: bool) -> None:
         asyncio.run(
             watch_decisions(settings.bootstrap_servers, t.allowed, t.blocked, from_beginning)
         )
+
+
+@main.group()
+def token() -> None:
+    """JWT access tokens for `"Type": "jwt"` bots."""
+
+
+@token.command("mint")
+@click.option("--issuer", required=True, help="the copilot id (the bot's Issuer)")
+@click.option("--identity", required=True, help="the user id (grants.identity)")
+@click.option("--secret-ref", required=True, help="srn:vault::<org>:secret:<name> of the key")
+@click.option("--ttl", default=86400, show_default=True, help="seconds until exp")
+@click.option("--kid", default=None, help="key id, for bots with Keys")
+def token_mint(issuer: str, identity: str, secret_ref: str, ttl: int, kid: str | None) -> None:
+    """Print an HS256 token signed with the key behind --secret-ref."""
+    import time
+
+    from worker.errors import Misconfigured
+    from worker.validators.jwt import mint, signing_key
+
+    try:
+        key = signing_key(vault_of(_settings()), secret_ref)
+    except Misconfigured as exc:
+        _fail(str(exc))
+    click.echo(mint(key, issuer, identity, ttl, time.time(), kid))
 
 
 @main.command("demo-api")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -81,10 +82,17 @@ class Bot:
     leeway_s: float = 30.0
     revoked_before: float | None = None
     allow_anonymous: bool = False
+    keys: dict[str, str] | None = None
+    """jwt: `kid` -> secret reference, for key rotation (tokens without a kid are refused)."""
 
     @property
     def key(self) -> str:
         return f"{self.organization}/{self.name}"
+
+    def key_refs(self) -> list[str]:
+        """Every secret reference of a JWT bot."""
+        refs = list(self.keys.values()) if self.keys else []
+        return refs + ([self.secret_ref] if self.secret_ref else [])
 
 
 # --------------------------------------------------------------------------- parsing
@@ -146,6 +154,8 @@ def parse_bot(data: Any, source: str) -> Bot:
         token_path = _path(source, "SecureSessionConfig.TokenPath", ssc["TokenPath"])
     if "SecretRef" in ssc:
         _check_refs(source, "SecureSessionConfig.SecretRef", ssc["SecretRef"])
+    if "Keys" in ssc:
+        _check_refs(source, "SecureSessionConfig.Keys", ssc["Keys"])
     return Bot(
         organization=data["Organization"],
         name=data["Name"],
@@ -161,6 +171,7 @@ def parse_bot(data: Any, source: str) -> Bot:
         leeway_s=float(ssc.get("LeewaySeconds", 30)),
         revoked_before=ssc.get("RevokedBefore"),
         allow_anonymous=bool(ssc.get("AllowAnonymous", False)),
+        keys=dict(ssc["Keys"]) if ssc.get("Keys") else None,
     )
 
 
@@ -202,6 +213,7 @@ def parse_connector(data: Any, source: str) -> Connector:
 class ConfigFile:
     """What a configuration file holds, checked."""
 
+    path: str
     bots: tuple[Bot, ...]
     connectors: tuple[Connector, ...]
     raw_bots: tuple[dict[str, Any], ...]
@@ -238,6 +250,7 @@ def load_file(path: Path) -> ConfigFile:
         "Alias",
     )
     return ConfigFile(
+        source,
         tuple(bots),
         tuple(connectors),
         tuple(data.get("bots", [])),
@@ -265,11 +278,18 @@ class Registry:
 
     bots: dict[str, Bot] = field(default_factory=dict)
     connectors: dict[str, Connector] = field(default_factory=dict)
+    check_bot: Callable[[Bot, str], None] = field(default=lambda bot, source: None)
+    """Checks that need the worker's environment (JWT keys); raises ConfigError."""
 
     @classmethod
-    def from_file(cls, config: ConfigFile | None) -> Registry:
-        reg = cls()
+    def from_file(
+        cls, config: ConfigFile | None, check_bot: Callable[[Bot, str], None] | None = None
+    ) -> Registry:
+        """The file's records, each checked with `check_bot` (ConfigError refuses the file)."""
+        reg = cls() if check_bot is None else cls(check_bot=check_bot)
         if config is not None:
+            for i, bot in enumerate(config.bots):
+                reg.check_bot(bot, f"{config.path}: bots[{i}]")
             reg.bots.update((b.key, b) for b in config.bots)
             reg.connectors.update((c.key, c) for c in config.connectors)
         return reg
@@ -313,5 +333,7 @@ class Registry:
         )
         if parsed.key != name:
             raise ConfigError(source, "key", f"does not match the record's own key {parsed.key!r}")
+        if isinstance(parsed, Bot):
+            self.check_bot(parsed, source)
         log.info("%s %s %s", kind, name, "updated" if name in table else "added")
         table[name] = parsed

@@ -9,13 +9,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
 
 from worker.errors import InvalidEvent
-from worker.jsonpath import JsonPath
 
 Reason = Literal[
     "validated",
@@ -48,6 +48,8 @@ class Inbound:
     type: Literal["message", "session_end"]
     context: dict[str, Any]
     """The conversational context: where the bot's config reads credentials."""
+    doc: dict[str, Any]
+    """The whole event (a JWT bot's `TokenPath` starts here)."""
 
     @property
     def state_key(self) -> bytes:
@@ -86,7 +88,7 @@ def parse_inbound(value: bytes | None) -> Inbound:
     ts = doc.get("timestamp")
     if ts is not None and (not isinstance(ts, int) or isinstance(ts, bool)):
         raise InvalidEvent("field 'timestamp' must be an integer (epoch ms)")
-    return Inbound(doc["id"], doc["organization"], doc["bot"], doc["sessionId"], kind, context)
+    return Inbound(doc["id"], doc["organization"], doc["bot"], doc["sessionId"], kind, context, doc)
 
 
 def fingerprint(value: Any) -> str:
@@ -100,12 +102,12 @@ def fingerprint(value: Any) -> str:
 
 
 def redacted_event(
-    raw: bytes | None, credential_paths: tuple[JsonPath, ...] | None
+    raw: bytes | None, redact: Callable[[dict[str, Any]], None] | None
 ) -> dict[str, Any]:
     """The inbound object for a blocked record, credentials replaced by fingerprints.
 
-    `credential_paths` are the bot config's paths into `context`; None means they are
-    unknown (no bot, no connector), and then every string in `context` is fingerprinted.
+    `redact` hides the credentials the bot's config reads; None means they are unknown
+    (no bot, no connector), and then every string in `context` is fingerprinted.
     Unparseable input comes back as `{"raw": text}` or `{"rawBase64": …}`.
     """
     if raw is None:
@@ -119,13 +121,10 @@ def redacted_event(
             return {"rawBase64": base64.b64encode(raw).decode("ascii")}
     if not isinstance(doc, dict):
         return {"raw": raw.decode("utf-8")}
-    context = doc.get("context")
-    if isinstance(context, (dict, list)):
-        if credential_paths is None:
-            doc["context"] = _fingerprint_strings(context)
-        else:
-            for path in credential_paths:
-                path.replace(context, fingerprint)
+    if redact is not None:
+        redact(doc)
+    elif isinstance(doc.get("context"), (dict, list)):
+        doc["context"] = _fingerprint_strings(doc["context"])
     return doc
 
 

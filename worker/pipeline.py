@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from worker.config import Bot, Registry
-from worker.decide import VALIDATE, Decision, SessionState, Validation, state_after, verdict
+from worker.decide import Decision, SessionState, Validation, state_after, verdict
 from worker.decide import decide as decide_message
 from worker.errors import InvalidEvent
 from worker.events import (
@@ -40,9 +40,10 @@ from worker.events import (
     parse_inbound,
     redacted_event,
 )
-from worker.jsonpath import JsonPath
 from worker.settings import Topics
-from worker.validators.baas import BaasCall, BaasValidator, CallReport
+from worker.validators import Check, Report
+from worker.validators.baas import BaasCall, BaasValidator
+from worker.validators.jwt import JwtValidator, TokenCheck
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,7 @@ class Pipeline:
         *,
         registry: Registry,
         baas: BaasValidator,
+        jwt: JwtValidator,
         table: MutableMapping[bytes, bytes],
         send: Send,
         topics: Topics,
@@ -98,6 +100,7 @@ class Pipeline:
     ) -> None:
         self._registry = registry
         self._baas = baas
+        self._jwt = jwt
         self._table = table
         self._send = send
         self._topics = topics
@@ -167,52 +170,85 @@ class Pipeline:
             now_ms = self._now_ms()
             await self._allow(record, Decision(True, "not_required", "", now_ms))
             return False
-        if bot.type != "baas":
-            detail = f"validation type {bot.type!r} is not supported by this worker version"
-            await self._block(record, bot, "misconfigured", detail, None)
-            return False
-        assert bot.api_alias is not None
-        connector = self._registry.connector(event.organization, bot.api_alias)
-        if connector is None:
-            detail = f"connector {event.organization}/{bot.api_alias} not found"
-            await self._block(record, bot, "misconfigured", detail, None)
-            return False
-        call = self._baas.prepare(connector, event.context)
+        check: Check
+        if bot.type == "jwt":
+            check = self._jwt.prepare(bot, event)
+        else:
+            assert bot.api_alias is not None
+            connector = self._registry.connector(event.organization, bot.api_alias)
+            if connector is None:
+                detail = f"connector {event.organization}/{bot.api_alias} not found"
+                await self._block(record, bot, "misconfigured", detail, None)
+                return False
+            check = self._baas.prepare(connector, event.context)
         state = SessionState.decode(self._table.get(event.state_key))
         decision = decide_message(
-            state, call.fingerprint, bot.interval_s, bot.failure_mode, self._now_ms(), waited_for
+            state, check.fingerprint, bot.interval_s, bot.failure_mode, self._now_ms(), waited_for
         )
-        if decision is VALIDATE:
-            self._lanes.setdefault(event.state_key, deque())
-            task = asyncio.create_task(
-                self._validate(record, bot, call),
-                context=record.context or contextvars.copy_context(),
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-            return True
-        assert isinstance(decision, Decision)
-        await self._apply(record, bot, decision, call.credential_paths)
-        return False
+        if isinstance(decision, Decision):
+            await self._apply(record, bot, decision, check.redact)
+            return False
+        if isinstance(check, TokenCheck):  # no I/O: decided in line
+            await self._conclude(record, bot, check, *self._jwt.validate(check))
+            return False
+        assert isinstance(check, BaasCall)
+        self._lanes.setdefault(event.state_key, deque())
+        task = asyncio.create_task(
+            self._call(record, bot, check),
+            # a copy: `_in_context` may enter record.context from inside the task
+            context=(record.context or contextvars.copy_context()).copy(),
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
 
-    async def _validate(self, record: _Record, bot: Bot, call: BaasCall) -> None:
-        event = record.event
-        assert event is not None
+    async def _call(self, record: _Record, bot: Bot, call: BaasCall) -> None:
+        """A BaaS validation, in its own task; then the session's waiting records."""
+        assert record.event is not None
         result, report = await self._baas.validate(call)
-        self.stats.calls += 1
         try:
-            new_state = state_after(result)
-            if new_state is not None:
-                self._table[event.state_key] = new_state.encode()
-            decision = verdict(result, bot.failure_mode, first=True)
-            await self._audit_validation(record, decision, call, report)
-            await self._apply(record, bot, decision, call.credential_paths)
+            await self._conclude(record, bot, call, result, report)
         except Exception:  # noqa: BLE001 - the lane must be drained whatever happens
             log.exception("internal error after validating message %s", _where(record))
             if not record.done:
                 await self._block(record, bot, "authorization_unavailable", "internal error", None)
         finally:
-            await self._drain(event.state_key, result)
+            await self._drain(record.event.state_key, result)
+
+    async def _conclude(
+        self, record: _Record, bot: Bot, check: Check, result: Validation, report: Report
+    ) -> None:
+        """Record a validation: state, audit event, and the decision of its message."""
+        assert record.event is not None
+        self.stats.calls += 1
+        new_state = state_after(result)
+        if new_state is not None:
+            self._in_context(
+                record, self._table.__setitem__, record.event.state_key, new_state.encode()
+            )
+        decision = verdict(result, bot.failure_mode, first=True)
+        await self._send(
+            self._topics.audit,
+            _out_key(record),
+            audit_record(
+                "validation",
+                Who.of(record.event),
+                self._now_ms(),
+                "allowed" if decision.allowed else "blocked",
+                decision.reason,
+                decision.identity,
+                report.audit(),
+            ),
+        )
+        await self._apply(record, bot, decision, check.redact)
+
+    @staticmethod
+    def _in_context(record: _Record, fn: Callable[..., Any], *args: Any) -> None:
+        """Run a table operation in the record's own context (Faust's current event)."""
+        if record.context is None:
+            fn(*args)
+        else:
+            record.context.run(fn, *args)
 
     async def _drain(self, key: bytes, result: Validation | None) -> None:
         lane = self._lanes[key]
@@ -231,10 +267,7 @@ class Pipeline:
     async def _end_session(self, record: _Record) -> None:
         event = record.event
         assert event is not None
-        if record.context is None:
-            self._table.pop(event.state_key, None)
-        else:
-            record.context.run(self._table.pop, event.state_key, None)
+        self._in_context(record, self._table.pop, event.state_key, None)
         now_ms = self._now_ms()
         self.stats.decisions["session_ended"] += 1
         await self._send(
@@ -245,12 +278,16 @@ class Pipeline:
         self._done(record)
 
     async def _apply(
-        self, record: _Record, bot: Bot, decision: Decision, paths: tuple[JsonPath, ...]
+        self,
+        record: _Record,
+        bot: Bot,
+        decision: Decision,
+        redact: Callable[[dict[str, Any]], None],
     ) -> None:
         if decision.allowed:
             await self._allow(record, decision)
         else:
-            await self._block(record, bot, decision.reason, decision.detail, paths)
+            await self._block(record, bot, decision.reason, decision.detail, redact)
 
     async def _allow(self, record: _Record, decision: Decision) -> None:
         assert record.value is not None
@@ -265,12 +302,12 @@ class Pipeline:
         bot: Bot | None,
         reason: Reason,
         detail: str,
-        credential_paths: tuple[JsonPath, ...] | None,
+        redact: Callable[[dict[str, Any]], None] | None,
     ) -> None:
         self.stats.decisions[reason] += 1
         who = Who.of(record.event)
         now_ms = self._now_ms()
-        event = redacted_event(record.value, credential_paths)
+        event = redacted_event(record.value, redact)
         error_message = bot.error_message if bot is not None else None
         key = _out_key(record)
         await self._send(
@@ -284,31 +321,6 @@ class Pipeline:
             audit_record("blocked", who, now_ms, "blocked", reason, None, None),
         )
         self._done(record)
-
-    async def _audit_validation(
-        self, record: _Record, decision: Decision, call: BaasCall, report: CallReport
-    ) -> None:
-        validation = {
-            "type": "baas",
-            "connector": call.connector.alias,
-            "httpStatus": report.http_status,
-            "latencyMs": report.latency_ms,
-            "attempts": report.attempts,
-            "tokenFingerprint": call.fingerprint,
-        }
-        await self._send(
-            self._topics.audit,
-            _out_key(record),
-            audit_record(
-                "validation",
-                Who.of(record.event),
-                self._now_ms(),
-                "allowed" if decision.allowed else "blocked",
-                decision.reason,
-                decision.identity,
-                validation,
-            ),
-        )
 
     @staticmethod
     def _done(record: _Record) -> None:

@@ -147,6 +147,19 @@ class Harness:
             self.thread.join(5)
             self.loop.close()
 
+    def assert_clean(self, secrets: tuple[str, ...] = ()) -> None:
+        """After a run: records match their schemas, no worker logged a traceback, and no
+        secret (the API key, plus `secrets`) is in a log or a blocked / audit record."""
+        assert not self.schema_errors, self.schema_errors[:5]
+        logs = [log.read_text(errors="replace") for log in self.logs]
+        assert not [text for text in logs if "Traceback" in text], "a worker logged a traceback"
+        # allowed records carry the inbound bytes unchanged (the contract); nothing else may
+        texts = logs + [
+            o.value.decode(errors="replace") for o in self.outputs if o.topic != "allowed"
+        ]
+        for secret in (API_KEY, *secrets):
+            assert not [t for t in texts if secret in t], "a secret or token leaked"
+
     # ------------------------------------------------------------------ config and workers
 
     def write_config(self, bots: list[dict[str, Any]], connectors: list[dict[str, Any]]) -> Path:

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from tests.conftest import Broker
-from tests.integration.conftest import API_KEY, bot, connector
+from tests.integration.conftest import bot, connector
 from tests.integration.harness import Harness, event, reason
 
 pytestmark = pytest.mark.integration
@@ -41,10 +41,7 @@ def h(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harn
         yield harness
     finally:
         harness.stop()
-    assert not harness.schema_errors, harness.schema_errors[:5]
-    for log in harness.logs:
-        assert API_KEY not in log.read_text(errors="replace")
-    assert not [o for o in harness.outputs if API_KEY.encode() in o.value]
+    harness.assert_clean()
 
 
 def new_session(h: Harness, valid: bool = True) -> tuple[str, str]:

@@ -12,6 +12,7 @@ from worker.config import Registry, parse_bot, parse_connector
 from worker.pipeline import Pipeline
 from worker.settings import Topics
 from worker.validators.baas import BaasValidator
+from worker.validators.jwt import JwtValidator
 from worker.vault import Vault
 
 BOT = {
@@ -58,7 +59,13 @@ def make(gate: Gate, max_held: int = 100) -> tuple[Pipeline, list[tuple[str, Any
         sent.append((topic, doc["id"] if topic == Topics().allowed else doc))
 
     p = Pipeline(
-        registry=registry, baas=baas, table={}, send=send, topics=Topics(), max_held=max_held
+        registry=registry,
+        baas=baas,
+        jwt=JwtValidator(Vault(None, {})),
+        table={},
+        send=send,
+        topics=Topics(),
+        max_held=max_held,
     )
     return p, sent, acked
 

@@ -23,7 +23,7 @@ from worker.config import Connector
 from worker.decide import Validation
 from worker.errors import Misconfigured
 from worker.events import fingerprint
-from worker.jsonpath import JsonPath
+from worker.validators import Report
 from worker.vault import Vault
 
 log = logging.getLogger(__name__)
@@ -37,18 +37,11 @@ class BaasCall:
     values: tuple[Any, ...]
     fingerprint: str
 
-    @property
-    def credential_paths(self) -> tuple[JsonPath, ...]:
-        return tuple(m.input_path for m in self.connector.mappings)
-
-
-@dataclass(frozen=True, slots=True)
-class CallReport:
-    """For the audit trail: how the call went."""
-
-    http_status: int | None
-    attempts: int
-    latency_ms: float
+    def redact(self, event: dict[str, Any]) -> None:
+        context = event.get("context")
+        if isinstance(context, (dict, list)):
+            for mapping in self.connector.mappings:
+                mapping.input_path.replace(context, fingerprint)
 
 
 def new_client(max_connections: int) -> httpx.AsyncClient:
@@ -114,7 +107,7 @@ class BaasValidator:
             con.method, con.endpoint, headers=headers, params=params, content=content
         )
 
-    async def validate(self, call: BaasCall) -> tuple[Validation, CallReport]:
+    async def validate(self, call: BaasCall) -> tuple[Validation, Report]:
         """Call the API (with retries) and say what it answered; never raises."""
         con = call.connector
         started = self._clock()
@@ -162,9 +155,10 @@ class BaasValidator:
         status: int | None,
         attempts: int,
         started: float,
-    ) -> tuple[Validation, CallReport]:
+    ) -> tuple[Validation, Report]:
         now = self._clock()
+        latency_ms = round((now - started) * 1000, 1)
         return (
             Validation(outcome, call.fingerprint, int(now * 1000), detail),
-            CallReport(status, attempts, round((now - started) * 1000, 1)),
+            Report("baas", call.connector.alias, status, attempts, latency_ms, call.fingerprint),
         )
