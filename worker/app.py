@@ -14,7 +14,10 @@ from worker.config import Registry
 from worker.kafka import follow_config
 from worker.pipeline import Pipeline
 from worker.settings import Settings
-from worker.validators.baas import BaasValidator, new_client
+from worker.validators.auth import ConnectorAuth
+from worker.validators.baas import BaasValidator
+from worker.validators.http import Http, new_client
+from worker.validators.introspection import IntrospectionValidator
 from worker.validators.jwt import JwtValidator
 from worker.vault import Vault
 
@@ -61,15 +64,15 @@ def create_app(settings: Settings, *, partitions: int, registry: Registry) -> fa
         "sessions", default=None, partitions=partitions, key_type=bytes, value_type=bytes
     )
     client: httpx.AsyncClient = new_client(settings.max_concurrent_calls)
-    vault = Vault(settings.secrets_dir, settings.environ)
-    baas = BaasValidator(
+    http = Http(
         client,
-        vault,
         retries=settings.http_retries,
         backoff_s=settings.http_backoff_s,
         connect_timeout_s=settings.http_connect_timeout_s,
         max_concurrent=settings.max_concurrent_calls,
     )
+    vault = Vault(settings.secrets_dir, settings.environ)
+    auth = ConnectorAuth(http, vault)
 
     async def send(
         topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
@@ -86,7 +89,8 @@ def create_app(settings: Settings, *, partitions: int, registry: Registry) -> fa
 
     pipeline = Pipeline(
         registry=registry,
-        baas=baas,
+        baas=BaasValidator(http, vault, auth),
+        introspection=IntrospectionValidator(http, vault, auth),
         jwt=JwtValidator(vault),
         table=sessions,
         send=send,

@@ -43,6 +43,21 @@ class Mapping:
     """requestBody: where it goes in the JSON body."""
     name: str = ""
     """header / queryParameter: the header or parameter name."""
+    template: str = "{value}"
+    """header: how the value is written, e.g. `Bearer {value}`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """How a connector's calls authenticate: `basic`, or `oauth2-client-credentials`."""
+
+    type: Literal["basic", "oauth2-client-credentials"]
+    client_id: str
+    client_secret_ref: str
+    token_url: str | None = None
+    scope: str | None = None
+    client_auth: Literal["basic", "body"] = "basic"
+    """oauth2: how the client credentials go to the token endpoint."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +72,9 @@ class Connector:
     mappings: tuple[Mapping, ...]
     body: dict[str, Any]
     timeout_s: float
+    auth: Auth | None = None
+    identity_path: JsonPath | None = None
+    """ResponseMapping.identity: where the API's JSON answer names the user."""
 
     @property
     def key(self) -> str:
@@ -70,7 +88,7 @@ class Bot:
     organization: str
     name: str
     secure: bool
-    type: Literal["baas", "jwt"] = "baas"
+    type: Literal["baas", "jwt", "introspection"] = "baas"
     interval_s: float = 0.0
     failure_mode: Literal["closed", "open"] = "closed"
     error_message: str | None = None
@@ -82,6 +100,8 @@ class Bot:
     leeway_s: float = 30.0
     revoked_before: float | None = None
     allow_anonymous: bool = False
+    identity_claim: str = "sub"
+    """introspection: the response claim that names the user."""
     keys: dict[str, str] | None = None
     """jwt: `kid` -> secret reference, for key rotation (tokens without a kid are refused)."""
 
@@ -172,6 +192,7 @@ def parse_bot(data: Any, source: str) -> Bot:
         revoked_before=ssc.get("RevokedBefore"),
         allow_anonymous=bool(ssc.get("AllowAnonymous", False)),
         keys=dict(ssc["Keys"]) if ssc.get("Keys") else None,
+        identity_claim=ssc.get("IdentityClaim", "sub"),
     )
 
 
@@ -191,6 +212,7 @@ def parse_connector(data: Any, source: str) -> Connector:
                 input_path=_path(source, f"{where}.inputPath", entry["inputPath"]),
                 body_path=body_path,
                 name=entry.get("name", key),
+                template=entry.get("valueTemplate", "{value}"),
             )
         )
     headers = data.get("Headers", {})
@@ -206,7 +228,32 @@ def parse_connector(data: Any, source: str) -> Connector:
         mappings=tuple(mappings),
         body=body,
         timeout_s=float(data.get("TimeoutSeconds", 5)),
+        auth=_auth(data.get("Auth"), source),
+        identity_path=_response_path(data.get("ResponseMapping") or {}, source),
     )
+
+
+def _auth(data: dict[str, Any] | None, source: str) -> Auth | None:
+    if data is None:
+        return None
+    _check_refs(source, "Auth.ClientSecret", data["ClientSecret"])
+    return Auth(
+        type=data["Type"],
+        client_id=data["ClientId"],
+        client_secret_ref=data["ClientSecret"],
+        token_url=data.get("TokenUrl"),
+        scope=data.get("Scope"),
+        client_auth=data.get("ClientAuth", "basic"),
+    )
+
+
+def _response_path(mapping: dict[str, Any], source: str) -> JsonPath | None:
+    identity = mapping.get("identity")
+    if identity is None:
+        return None
+    if not isinstance(identity, str):
+        raise ConfigError(source, "ResponseMapping.identity", "must be a JSONPath string")
+    return _path(source, "ResponseMapping.identity", identity)
 
 
 @dataclass(frozen=True, slots=True)

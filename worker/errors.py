@@ -6,8 +6,9 @@
      ├── ConfigError          a bot / connector configuration is invalid (file: refused at
      │                        start; config topic: the record is logged and skipped)
      ├── InvalidEvent         an inbound record is not an event of the contract (blocked)
-     └── Misconfigured        a bot's connector or a secret is missing (blocked `misconfigured`)
-          └── SecretNotFound  an `srn:vault::` reference resolves to nothing
+     ├── Misconfigured        a bot's connector or a secret is missing (blocked `misconfigured`)
+     │    └── SecretNotFound  an `srn:vault::` reference resolves to nothing
+     └── Unavailable          a service a call depends on (a token endpoint) did not answer
 
 Messages never carry a secret value or a token: only names, paths and references.
 """
@@ -65,3 +66,7 @@ class SecretNotFound(Misconfigured):
     def __init__(self, ref: str) -> None:
         self.ref = ref
         super().__init__(f"secret {ref} not found")
+
+
+class Unavailable(SecureSessionError):
+    """A service the validation depends on did not answer usefully (the bot's FailureMode)."""

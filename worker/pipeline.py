@@ -41,8 +41,9 @@ from worker.events import (
     redacted_event,
 )
 from worker.settings import Topics
-from worker.validators import Check, Report
-from worker.validators.baas import BaasCall, BaasValidator
+from worker.validators import Check, RemoteValidator, Report
+from worker.validators.baas import BaasValidator
+from worker.validators.introspection import IntrospectionValidator
 from worker.validators.jwt import JwtValidator, TokenCheck
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class Pipeline:
         *,
         registry: Registry,
         baas: BaasValidator,
+        introspection: IntrospectionValidator,
         jwt: JwtValidator,
         table: MutableMapping[bytes, bytes],
         send: Send,
@@ -99,7 +101,7 @@ class Pipeline:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._registry = registry
-        self._baas = baas
+        self._remote: dict[str, RemoteValidator] = {"baas": baas, "introspection": introspection}
         self._jwt = jwt
         self._table = table
         self._send = send
@@ -171,6 +173,7 @@ class Pipeline:
             await self._allow(record, Decision(True, "not_required", "", now_ms))
             return False
         check: Check
+        remote: RemoteValidator | None = None
         if bot.type == "jwt":
             check = self._jwt.prepare(bot, event)
         else:
@@ -180,7 +183,8 @@ class Pipeline:
                 detail = f"connector {event.organization}/{bot.api_alias} not found"
                 await self._block(record, bot, "misconfigured", detail, None)
                 return False
-            check = self._baas.prepare(connector, event.context)
+            remote = self._remote[bot.type]
+            check = remote.prepare(bot, connector, event)
         state = SessionState.decode(self._table.get(event.state_key))
         decision = decide_message(
             state, check.fingerprint, bot.interval_s, bot.failure_mode, self._now_ms(), waited_for
@@ -188,13 +192,13 @@ class Pipeline:
         if isinstance(decision, Decision):
             await self._apply(record, bot, decision, check.redact)
             return False
-        if isinstance(check, TokenCheck):  # no I/O: decided in line
+        if remote is None:  # a JWT: no I/O, decided in line
+            assert isinstance(check, TokenCheck)
             await self._conclude(record, bot, check, *self._jwt.validate(check))
             return False
-        assert isinstance(check, BaasCall)
         self._lanes.setdefault(event.state_key, deque())
         task = asyncio.create_task(
-            self._call(record, bot, check),
+            self._call(record, bot, check, remote),
             # a copy: `_in_context` may enter record.context from inside the task
             context=(record.context or contextvars.copy_context()).copy(),
         )
@@ -202,12 +206,12 @@ class Pipeline:
         task.add_done_callback(self._tasks.discard)
         return True
 
-    async def _call(self, record: _Record, bot: Bot, call: BaasCall) -> None:
-        """A BaaS validation, in its own task; then the session's waiting records."""
+    async def _call(self, record: _Record, bot: Bot, check: Check, remote: RemoteValidator) -> None:
+        """A call to a service, in its own task; then the session's waiting records."""
         assert record.event is not None
-        result, report = await self._baas.validate(call)
+        result, report = await remote.validate(check)
         try:
-            await self._conclude(record, bot, call, result, report)
+            await self._conclude(record, bot, check, result, report)
         except Exception:  # noqa: BLE001 - the lane must be drained whatever happens
             log.exception("internal error after validating message %s", _where(record))
             if not record.done:

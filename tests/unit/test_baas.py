@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-from worker.config import parse_connector
-from worker.validators.baas import BaasValidator
+from worker.config import Connector, parse_connector
+from worker.events import parse_inbound
+from worker.validators.auth import ConnectorAuth
+from worker.validators.baas import BaasCall, BaasValidator
+from worker.validators.http import Http
 from worker.vault import Vault
 
 CON = {
@@ -39,15 +43,24 @@ def validator(
 
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler), follow_redirects=False)
     vault = Vault(None, env if env is not None else {"SECURE_SESSION_SECRET__ACME__KEY": "k3y"})
-    return BaasValidator(
+    http = Http(
         client,
-        vault,
         retries=retries,
         backoff_s=0.01,
         connect_timeout_s=1,
         max_concurrent=4,
         sleep=no_sleep,
     )
+    return BaasValidator(http, vault, ConnectorAuth(http, vault))
+
+
+def prepare(v: BaasValidator, con: Connector, context: dict[str, Any]) -> BaasCall:
+    event = parse_inbound(
+        orjson.dumps(
+            {"id": "m", "organization": "acme", "bot": "b", "sessionId": "s", "context": context}
+        )
+    )
+    return v.prepare(None, con, event)  # type: ignore[arg-type]
 
 
 async def test_request_is_built_from_the_mapping_with_secrets_resolved() -> None:
@@ -58,7 +71,7 @@ async def test_request_is_built_from_the_mapping_with_secrets_resolved() -> None
         return httpx.Response(200)
 
     v = validator(handler)
-    call = v.prepare(parse_connector(CON, "t"), CONTEXT)
+    call = prepare(v, parse_connector(CON, "t"), CONTEXT)
     result, report = await v.validate(call)
     assert (result.outcome, report.http_status, report.attempts) == ("allowed", 200, 1)
     (req,) = seen
@@ -70,9 +83,9 @@ async def test_request_is_built_from_the_mapping_with_secrets_resolved() -> None
 async def test_fingerprint_follows_the_mapped_values() -> None:
     v = validator(lambda r: httpx.Response(200))
     con = parse_connector(CON, "t")
-    a = v.prepare(con, CONTEXT).fingerprint
-    assert a == v.prepare(con, dict(CONTEXT)).fingerprint
-    assert a != v.prepare(con, {**CONTEXT, "tok": "T-2"}).fingerprint
+    a = prepare(v, con, CONTEXT).fingerprint
+    assert a == prepare(v, con, dict(CONTEXT)).fingerprint
+    assert a != prepare(v, con, {**CONTEXT, "tok": "T-2"}).fingerprint
     assert "T-1" not in a
 
 
@@ -96,7 +109,7 @@ async def test_retry_policy(statuses: list[int], outcome: str, attempts: int) ->
         return httpx.Response(status, headers=headers)
 
     result, report = await validator(handler).validate(
-        validator(handler).prepare(parse_connector(CON, "t"), CONTEXT)
+        prepare(validator(handler), parse_connector(CON, "t"), CONTEXT)
     )
     assert (result.outcome, report.attempts) == (outcome, attempts)
 
@@ -106,7 +119,7 @@ async def test_connection_errors_are_retried_then_unavailable_without_leaking_th
         raise httpx.ConnectError("boom https://auth.example.com/verify?user=u1")
 
     v = validator(handler, retries=1)
-    result, report = await v.validate(v.prepare(parse_connector(CON, "t"), CONTEXT))
+    result, report = await v.validate(prepare(v, parse_connector(CON, "t"), CONTEXT))
     assert (result.outcome, report.attempts) == ("unavailable", 2)
     assert "u1" not in result.detail and "ConnectError" in result.detail
 
@@ -114,7 +127,7 @@ async def test_connection_errors_are_retried_then_unavailable_without_leaking_th
 async def test_missing_secret_is_misconfigured_and_nothing_is_sent() -> None:
     sent: list[httpx.Request] = []
     v = validator(lambda r: sent.append(r) or httpx.Response(200), env={})  # type: ignore[func-returns-value]
-    result, _ = await v.validate(v.prepare(parse_connector(CON, "t"), CONTEXT))
+    result, _ = await v.validate(prepare(v, parse_connector(CON, "t"), CONTEXT))
     assert result.outcome == "misconfigured"
     assert "srn:vault::acme:secret:key" in result.detail
     assert not sent

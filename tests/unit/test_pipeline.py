@@ -11,7 +11,10 @@ import orjson
 from worker.config import Registry, parse_bot, parse_connector
 from worker.pipeline import Pipeline
 from worker.settings import Topics
+from worker.validators.auth import ConnectorAuth
 from worker.validators.baas import BaasValidator
+from worker.validators.http import Http
+from worker.validators.introspection import IntrospectionValidator
 from worker.validators.jwt import JwtValidator
 from worker.vault import Vault
 
@@ -50,9 +53,9 @@ def make(gate: Gate, max_held: int = 100) -> tuple[Pipeline, list[tuple[str, Any
     registry.bots["acme/b"] = parse_bot(BOT, "t")
     registry.connectors["acme/A"] = parse_connector(CON, "t")
     client = httpx.AsyncClient(transport=httpx.MockTransport(gate.handler))
-    baas = BaasValidator(
-        client, Vault(None, {}), retries=0, backoff_s=0, connect_timeout_s=1, max_concurrent=10
-    )
+    vault = Vault(None, {})
+    http = Http(client, retries=0, backoff_s=0, connect_timeout_s=1, max_concurrent=10)
+    auth = ConnectorAuth(http, vault)
 
     async def send(topic: str, key: bytes | None, value: bytes, headers: Any = None) -> None:
         doc = orjson.loads(value)
@@ -60,8 +63,9 @@ def make(gate: Gate, max_held: int = 100) -> tuple[Pipeline, list[tuple[str, Any
 
     p = Pipeline(
         registry=registry,
-        baas=baas,
-        jwt=JwtValidator(Vault(None, {})),
+        baas=BaasValidator(http, vault, auth),
+        introspection=IntrospectionValidator(http, vault, auth),
+        jwt=JwtValidator(vault),
         table={},
         send=send,
         topics=Topics(),

@@ -8,7 +8,15 @@ audit trail.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from worker.config import Bot, Connector
+    from worker.decide import Validation
+    from worker.events import Inbound
+
+NO_TOKEN = "sha256:no-token"  # noqa: S105 - a marker, not a credential
+"""The fingerprint of "no token": a token that appears later is a change."""
 
 
 class Check(Protocol):
@@ -28,7 +36,7 @@ class Check(Protocol):
 class Report:
     """How a validation went: the audit event's `validation` object."""
 
-    type: Literal["baas", "jwt"]
+    type: Literal["baas", "jwt", "introspection"]
     connector: str | None
     http_status: int | None
     attempts: int
@@ -44,3 +52,18 @@ class Report:
             "attempts": self.attempts,
             "tokenFingerprint": self.token_fingerprint,
         }
+
+
+class RemoteValidator(Protocol):
+    """A validator that calls a service (BaaS, introspection): runs in its own task."""
+
+    def prepare(self, bot: Bot, connector: Connector, event: Inbound) -> Check: ...
+
+    async def validate(self, check: Any) -> tuple[Validation, Report]: ...
+
+
+def token_at(bot: Bot, event: Inbound) -> str | None:
+    """The token at the bot's TokenPath, or None."""
+    assert bot.token_path is not None
+    token = bot.token_path.get(event.doc)
+    return token if isinstance(token, str) and token else None

@@ -1,32 +1,29 @@
 """BaaS api-connector validation: one HTTP call to the customer's Authorization API.
 
-2xx allows, 4xx denies, 3xx (redirects are never followed) is an unavailable API,
-5xx / timeouts / connection errors are retried with backoff and then make the API
-unavailable. Calls in flight are bounded by a semaphore sized to the connection pool,
-and each attempt's timeout starts when it is sent, not while it waits for a slot.
+2xx allows, 4xx denies, 3xx (redirects are never followed) is an unavailable API, 5xx /
+timeouts / connection errors are retried (validators/http.py) and then make the API
+unavailable. With OAuth2 connector auth, a 401 refreshes the access token once and
+the call is made again.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import orjson
 
-from worker.config import Connector
-from worker.decide import Validation
-from worker.errors import Misconfigured
-from worker.events import fingerprint
+from worker.config import Bot, Connector
+from worker.decide import Outcome, Validation
+from worker.errors import Misconfigured, Unavailable
+from worker.events import Inbound, fingerprint
 from worker.validators import Report
+from worker.validators.auth import ConnectorAuth
+from worker.validators.http import Answer, Http
 from worker.vault import Vault
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,52 +41,32 @@ class BaasCall:
                 mapping.input_path.replace(context, fingerprint)
 
 
-def new_client(max_connections: int) -> httpx.AsyncClient:
-    """The worker's one HTTP client: no redirects, a pool sized to the calls allowed at once."""
-    return httpx.AsyncClient(
-        follow_redirects=False,
-        limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        ),
-        timeout=httpx.Timeout(5.0),
-        trust_env=False,
-    )
-
-
 class BaasValidator:
     """Prepares and performs BaaS calls."""
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        http: Http,
         vault: Vault,
-        *,
-        retries: int,
-        backoff_s: float,
-        connect_timeout_s: float,
-        max_concurrent: int,
+        auth: ConnectorAuth,
         clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self._client = client
+        self._http = http
         self._vault = vault
-        self._retries = retries
-        self._backoff_s = backoff_s
-        self._connect_timeout_s = connect_timeout_s
-        self._slots = asyncio.Semaphore(max_concurrent)
+        self._auth = auth
         self._clock = clock
-        self._sleep = sleep
 
     @staticmethod
-    def prepare(connector: Connector, context: dict[str, Any]) -> BaasCall:
+    def prepare(_bot: Bot, connector: Connector, event: Inbound) -> BaasCall:
         """Read the mapped values from the event's context (no I/O, no secrets)."""
-        values = tuple(m.input_path.get(context) for m in connector.mappings)
+        values = tuple(m.input_path.get(event.context) for m in connector.mappings)
         return BaasCall(connector, values, fingerprint([connector.alias, values]))
 
-    def build_request(self, call: BaasCall) -> httpx.Request:
-        """The HTTP request, secrets resolved; SecretNotFound when one is missing."""
+    async def build_request(self, call: BaasCall) -> httpx.Request:
+        """The HTTP request, secrets resolved; Misconfigured / Unavailable from auth."""
         con = call.connector
         headers: dict[str, str] = self._vault.resolve_in(con.headers)
+        headers |= await self._auth.headers(con)
         body: dict[str, Any] = self._vault.resolve_in(con.body)
         params: dict[str, str] = {}
         for mapping, value in zip(con.mappings, call.values, strict=True):
@@ -98,67 +75,63 @@ class BaasValidator:
                 mapping.body_path.set(body, value)
             elif value is not None:
                 text = value if isinstance(value, str) else orjson.dumps(value).decode()
-                (headers if mapping.type == "header" else params)[mapping.name] = text
+                if mapping.type == "header":
+                    headers[mapping.name] = mapping.template.replace("{value}", text)
+                else:
+                    params[mapping.name] = text
         content = None
         if con.method not in ("GET", "DELETE") or body:
             content = orjson.dumps(body)
             headers.setdefault("Content-Type", "application/json")
-        return self._client.build_request(
+        return self._http.client.build_request(
             con.method, con.endpoint, headers=headers, params=params, content=content
         )
 
     async def validate(self, call: BaasCall) -> tuple[Validation, Report]:
         """Call the API (with retries) and say what it answered; never raises."""
         con = call.connector
-        started = self._clock()
+        read_body = con.identity_path is not None
         try:
-            request = self.build_request(call)
+            answer = await self._http.call(
+                lambda: self.build_request(call), con.timeout_s, read_body=read_body
+            )
+            if answer.status == 401 and con.auth is not None and con.auth.type != "basic":
+                self._auth.invalidate(con)  # the access token may have been revoked: once more
+                answer = await self._http.call(
+                    lambda: self.build_request(call), con.timeout_s, read_body=read_body
+                )
         except Misconfigured as exc:
-            return self._result(call, "misconfigured", str(exc), None, 0, started)
-        timeout = httpx.Timeout(con.timeout_s, connect=min(con.timeout_s, self._connect_timeout_s))
-        request.extensions["timeout"] = timeout.as_dict()
-        attempts = 0
-        status: int | None = None
-        problem = ""
-        while True:
-            attempts += 1
-            async with self._slots:
-                try:
-                    async with asyncio.timeout(con.timeout_s):
-                        response = await self._client.send(request, stream=True)
-                        await response.aclose()
-                    status = response.status_code
-                    problem = f"Authorization API answered {status}"
-                except (TimeoutError, httpx.TimeoutException):
-                    status, problem = None, f"timed out after {con.timeout_s:g} s"
-                except Exception as exc:  # noqa: BLE001 - any failure of the call is "unavailable"
-                    # the message of an httpx error may hold the URL (and query credentials)
-                    status, problem = None, f"connection failed ({exc.__class__.__name__})"
-            if status is not None and 200 <= status < 300:
-                return self._result(call, "allowed", "", status, attempts, started)
-            if status is not None and 400 <= status < 500:
-                return self._result(call, "denied", problem, status, attempts, started)
-            if status is not None and status < 500:
-                problem = f"Authorization API answered {status}; redirects are not followed"
-                return self._result(call, "unavailable", problem, status, attempts, started)
-            if attempts > self._retries:
-                detail = f"{problem} (after {attempts} attempts)"
-                return self._result(call, "unavailable", detail, status, attempts, started)
-            log.info("retrying connector %s: %s (attempt %d)", con.key, problem, attempts)
-            await self._sleep(self._backoff_s * 2 ** (attempts - 1) * (0.5 + random.random() / 2))
+            return self._result(call, "misconfigured", str(exc), None)
+        except Unavailable as exc:
+            return self._result(call, "unavailable", str(exc), None)
+        if answer.ok:
+            return self._result(call, "allowed", "", answer, self._identity(con, answer))
+        if answer.status is not None and 400 <= answer.status < 500:
+            return self._result(call, "denied", answer.problem, answer)
+        return self._result(call, "unavailable", answer.problem, answer)
+
+    @staticmethod
+    def _identity(con: Connector, answer: Answer) -> str | None:
+        if con.identity_path is None or not answer.body:
+            return None
+        try:
+            value = con.identity_path.get(orjson.loads(answer.body))
+        except orjson.JSONDecodeError:
+            return None
+        return str(value) if isinstance(value, (str, int)) and value != "" else None
 
     def _result(
         self,
         call: BaasCall,
-        outcome: Any,
+        outcome: Outcome,
         detail: str,
-        status: int | None,
-        attempts: int,
-        started: float,
+        answer: Answer | None,
+        identity: str | None = None,
     ) -> tuple[Validation, Report]:
-        now = self._clock()
-        latency_ms = round((now - started) * 1000, 1)
+        status = answer.status if answer else None
+        attempts = answer.attempts if answer else 0
+        latency = answer.latency_ms if answer else 0.0
         return (
-            Validation(outcome, call.fingerprint, int(now * 1000), detail),
-            Report("baas", call.connector.alias, status, attempts, latency_ms, call.fingerprint),
+            Validation(outcome, call.fingerprint, int(self._clock() * 1000), detail, identity),
+            Report("baas", call.connector.alias, status, attempts, latency, call.fingerprint),
         )

@@ -19,7 +19,7 @@ from worker.config import Bot
 from worker.decide import Outcome, Validation
 from worker.errors import ConfigError, Misconfigured
 from worker.events import Inbound, fingerprint
-from worker.validators import Report
+from worker.validators import NO_TOKEN, Report, token_at
 from worker.vault import Vault
 
 ALGORITHMS = ["HS256"]
@@ -69,11 +69,8 @@ class JwtValidator:
 
     @staticmethod
     def prepare(bot: Bot, event: Inbound) -> TokenCheck:
-        assert bot.token_path is not None
-        token = bot.token_path.get(event.doc)
-        if not isinstance(token, str) or not token:
-            token = None
-        return TokenCheck(bot, token, fingerprint(token) if token else "sha256:no-token")
+        token = token_at(bot, event)
+        return TokenCheck(bot, token, fingerprint(token) if token else NO_TOKEN)
 
     def validate(self, check: TokenCheck) -> tuple[Validation, Report]:
         """Verify the token now; never raises."""

@@ -1,0 +1,140 @@
+"""HTTP calls to customer APIs: one client, bounded concurrency, timeouts, retries.
+
+Retries are for 5xx, timeouts and connection errors only (never 4xx); redirects are
+never followed (a 3xx is an answer). Calls in flight are bounded by a semaphore sized to
+the connection pool, and each attempt's timeout starts when it is sent, not while it waits
+for a slot (httpx counts the pool wait in its timeout: under a burst, calls would time out
+before they are sent). A whole attempt, response body included, is bounded by the
+timeout, and a body is read only up to `max_body_bytes`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import httpx
+
+
+def new_client(max_connections: int) -> httpx.AsyncClient:
+    """The worker's one HTTP client: no redirects, a pool sized to the calls allowed at once."""
+    return httpx.AsyncClient(
+        follow_redirects=False,
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        ),
+        timeout=httpx.Timeout(5.0),
+        trust_env=False,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a call came to after its retries."""
+
+    status: int | None
+    """The last HTTP status, or None when no answer came (timeout, connection error)."""
+    body: bytes | None
+    """The response body when asked for and within the size bound."""
+    attempts: int
+    latency_ms: float
+    problem: str
+    """Why it is not a 2xx, in words that hold no URL or credential."""
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+class Http:
+    """Performs calls with the retry policy above."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        retries: int,
+        backoff_s: float,
+        connect_timeout_s: float,
+        max_concurrent: int,
+        max_body_bytes: int = 64 * 1024,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.client = client
+        self._retries = retries
+        self._backoff_s = backoff_s
+        self._connect_timeout_s = connect_timeout_s
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._max_body = max_body_bytes
+        self._clock = clock
+        self._sleep = sleep
+
+    async def call(
+        self,
+        build: Callable[[], Awaitable[httpx.Request]],
+        timeout_s: float,
+        *,
+        read_body: bool = False,
+        what: str = "Authorization API",
+    ) -> Answer:
+        """Send what `build` makes (built anew for each attempt); never raises."""
+        started = self._clock()
+        attempts = 0
+        while True:
+            attempts += 1
+            status, body, problem = await self._attempt(build, timeout_s, read_body, what)
+            retriable = status is None or status >= 500
+            if not retriable or attempts > self._retries:
+                if retriable and attempts > 1:
+                    problem = f"{problem} (after {attempts} attempts)"
+                latency = round((self._clock() - started) * 1000, 1)
+                return Answer(status, body, attempts, latency, problem)
+            await self._sleep(self._backoff_s * 2 ** (attempts - 1) * (0.5 + random.random() / 2))
+
+    async def _attempt(
+        self,
+        build: Callable[[], Awaitable[httpx.Request]],
+        timeout_s: float,
+        read_body: bool,
+        what: str,
+    ) -> tuple[int | None, bytes | None, str]:
+        request = await build()
+        timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, self._connect_timeout_s))
+        request.extensions["timeout"] = timeout.as_dict()
+        async with self._slots:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    response = await self.client.send(request, stream=True)
+                    try:
+                        body = await self._read(response) if read_body else None
+                    finally:
+                        await response.aclose()
+            except (TimeoutError, httpx.TimeoutException):
+                return None, None, f"{what} timed out after {timeout_s:g} s"
+            except _TooLarge:
+                return None, None, f"{what} answer is larger than {self._max_body} bytes"
+            except Exception as exc:  # noqa: BLE001 - any failure of the call is "no answer"
+                # the message of an httpx error may hold the URL (and query credentials)
+                return None, None, f"{what} connection failed ({exc.__class__.__name__})"
+        status = response.status_code
+        if 300 <= status < 400:
+            return status, body, f"{what} answered {status}; redirects are not followed"
+        return status, body, f"{what} answered {status}"
+
+    async def _read(self, response: httpx.Response) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > self._max_body:
+                raise _TooLarge
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+class _TooLarge(Exception):
+    pass
