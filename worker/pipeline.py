@@ -226,10 +226,18 @@ class Pipeline:
         assert record.event is not None
         self.stats.calls += 1
         new_state = state_after(result)
+        key = record.event.state_key
+        if new_state is not None and new_state.identity is not None:
+            old = SessionState.decode(self._table.get(key))
+            if old is not None and old.identity not in (None, new_state.identity):
+                log.warning(
+                    "identity changed in session %s: %s -> %s",
+                    _where(record),
+                    old.identity,
+                    new_state.identity,
+                )
         if new_state is not None:
-            self._in_context(
-                record, self._table.__setitem__, record.event.state_key, new_state.encode()
-            )
+            self._in_context(record, self._table.__setitem__, key, new_state.encode())
         decision = verdict(result, bot.failure_mode, first=True)
         await self._send(
             self._topics.audit,
