@@ -26,6 +26,8 @@ class Broker:
                 "KAFKA_REBALANCE_TIMEOUT_S": "2",
                 # tansu reports end offsets right only for one-record batches (table recovery)
                 "KAFKA_PRODUCER_MAX_BATCH_SIZE": "16",
+                # tansu holds a fetch for most of its wait, even when data arrives
+                "KAFKA_FETCH_MAX_WAIT_MS": "10",
             }
         return env
 

@@ -10,6 +10,7 @@ import faust
 import httpx
 from faust.types import EventT, StreamT
 
+from worker import faust_tuning
 from worker.config import Registry
 from worker.kafka import follow_config
 from worker.pipeline import Pipeline
@@ -54,6 +55,7 @@ def faust_settings(settings: Settings, partitions: int) -> dict[str, Any]:
 def create_app(settings: Settings, *, partitions: int, registry: Registry) -> faust.App:
     """The worker's Faust app. `partitions` is the inbound topic's (see kafka.ensure_topics)."""
     app = faust.App(settings.app_id, **faust_settings(settings, partitions))
+    faust_tuning.install(app, settings.kafka.fetch_max_wait_ms)
     t = settings.topics
     raw = faust.Schema(  # type: ignore[var-annotated]
         key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"

@@ -37,6 +37,8 @@ class KafkaTuning:
     heartbeat_interval_s: float | None = None
     rebalance_timeout_s: float | None = None
     producer_max_batch_size: int | None = None
+    fetch_max_wait_ms: int = 500
+    """How long a fetch may wait for data (Kafka's default; Faust alone would use 1500)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,7 @@ class Settings:
                 producer_max_batch_size=r.get(
                     "KAFKA_PRODUCER_MAX_BATCH_SIZE", _positive(int), None
                 ),
+                fetch_max_wait_ms=r.get("KAFKA_FETCH_MAX_WAIT_MS", _positive(int), 500),
             ),
             environ=env,
         )

@@ -91,6 +91,7 @@ async def run_async(duration: float | None, rate: float) -> int:
         "KAFKA_HEARTBEAT_INTERVAL_S": "0.3",
         "KAFKA_REBALANCE_TIMEOUT_S": "2",
         "KAFKA_PRODUCER_MAX_BATCH_SIZE": "16",
+        "KAFKA_FETCH_MAX_WAIT_MS": "10",
     }
     log = (tmp / "worker.log").open("wb")
     worker = subprocess.Popen(  # noqa: S603, ASYNC220 - started once, not awaited

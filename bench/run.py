@@ -1,0 +1,451 @@
+"""The benchmark: `make bench` (or `python -m bench.run`).
+
+Runs against the embedded broker (or KAFKA_BOOTSTRAP_SERVERS) with the reference
+Authorization API as the fake API (latency set per run), the worker as users run it (a
+subprocess), and prints one table. Every ratio compares figures of the same run.
+Figures go to bench/results.json and a chart to bench/results.png.
+
+Sizes come from the environment (defaults in brackets):
+  BENCH_MESSAGES [100000]         messages of the cached-path and bare-loop runs
+  BENCH_SESSIONS [1000]           sessions of the cached-path run
+  BENCH_SLOW_SESSIONS [10000]     sessions of the slow-API run (200 ms a call)
+  BENCH_SLOW_PER_SESSION [100]    messages per session there (1 call per this many)
+  BENCH_LATENCY_SECONDS [10]      duration of each steady-rate latency run
+  BENCH_STATE_SESSIONS [1000000]  sessions in the table for the memory / restart run
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from worker.decide import SessionState
+from worker.demo.authapi import AuthorizationAPI, RunningAPI
+from worker.demo.broker import EmbeddedBroker
+
+HERE = Path(__file__).parent
+PARTITIONS = 8
+API_KEY = "bench-api-key"
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+@dataclass
+class Bench:
+    bootstrap: str
+    embedded: bool
+    api: AuthorizationAPI
+    server: RunningAPI
+    tmp: Path
+    results: dict[str, Any] = field(default_factory=dict)
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ helpers
+
+    def topics(self, tag: str) -> dict[str, str]:
+        return {k: f"bench.{tag}.{k}" for k in ("inbound", "allowed", "blocked", "audit", "bots",
+                                                "connectors")}
+
+    async def create(self, names: list[str]) -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(n, PARTITIONS, 1) for n in names])
+        finally:
+            await admin.close()
+
+    def start_worker(self, tag: str, interval: float, app_id: str | None = None,
+                     extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        topics = self.topics(tag)
+        config = self.tmp / f"{tag}.yaml"
+        config.write_text(yaml.safe_dump({
+            "bots": [{"Name": "bench", "Organization": "acme", "SecureSession": True,
+                      "SecureSessionConfig": {"Type": "baas", "ValidationInterval": interval,
+                                              "ApiAlias": "api"}}],
+            "connectors": [{"Alias": "api", "Organization": "acme", "Method": "POST",
+                            "Endpoint": self.server.url, "TimeoutSeconds": 5,
+                            "Headers": {"Authorization": API_KEY},
+                            "RequestMapping": {"t": {"type": "requestBody",
+                                                     "requestBodyPath": "$.token",
+                                                     "inputPath": "$.token"}}}],
+        }))
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+               "SECURE_SESSION_CONFIG": str(config),
+               "SECURE_SESSION_APP_ID": app_id or f"bench-{tag}",
+               "SECURE_SESSION_DATA_DIR": str(self.tmp / f"data-{tag}"),
+               "SECURE_SESSION_LOG_LEVEL": "info",
+               "SECURE_SESSION_MAX_CONCURRENT_CALLS": "200",
+               "SECURE_SESSION_MAX_HELD_MESSAGES": "50000",
+               **{f"SECURE_SESSION_TOPIC_{k.upper()}": v for k, v in topics.items()}}
+        if self.embedded:
+            env |= {"KAFKA_SESSION_TIMEOUT_S": "2", "KAFKA_HEARTBEAT_INTERVAL_S": "0.3",
+                    "KAFKA_REBALANCE_TIMEOUT_S": "2", "KAFKA_FETCH_MAX_WAIT_MS": "10"}
+        env |= extra or {}
+        log = self.tmp / f"worker-{tag}-{len(self.workers)}.log"
+        with log.open("wb") as f:
+            proc = subprocess.Popen([sys.executable, "-m", "worker", "worker"], env=env,
+                                    stdout=f, stderr=subprocess.STDOUT)
+        proc.log = log  # type: ignore[attr-defined]
+        proc.started = time.monotonic()  # type: ignore[attr-defined]
+        self.workers.append(proc)
+        deadline = time.monotonic() + 300
+        while b"configuration ready" not in log.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        proc.ready_s = time.monotonic() - proc.started  # type: ignore[attr-defined]
+        return proc
+
+    def stop_worker(self, proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.workers.remove(proc)
+
+    async def produce(self, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5,
+                                    max_batch_size=256 * 1024)
+        await producer.start()
+        try:
+            for i in range(0, len(records), 5000):
+                await asyncio.gather(*[producer.send(topic, v, key=k)
+                                       for k, v in records[i:i + 5000]])
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    async def drain(self, topics: list[str], count: int, timeout: float = 600,
+                    on: Callable[[Any], None] | None = None) -> tuple[float, float]:
+        """Read `count` records; (time of the first, time of the last) by the wall clock."""
+        consumer = AIOKafkaConsumer(*topics, bootstrap_servers=self.bootstrap, group_id=None,
+                                    auto_offset_reset="earliest", fetch_max_wait_ms=5,
+                                    max_poll_records=5000)
+        await consumer.start()
+        seen, first, last = 0, 0.0, 0.0
+        deadline = time.monotonic() + timeout
+        try:
+            while seen < count:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"only {seen} of {count} records after {timeout} s")
+                batch = await consumer.getmany(timeout_ms=200)
+                now = time.monotonic()
+                for msgs in batch.values():
+                    if msgs and not first:
+                        first = now
+                    seen += len(msgs)
+                    if on is not None:
+                        for m in msgs:
+                            on(m)
+                if batch:
+                    last = now
+        finally:
+            await consumer.stop()
+        return first, last
+
+
+def event(session: str, n: int, token: str, sent: float | None = None) -> bytes:
+    payload: dict[str, Any] = {"text": "x" * 120}
+    if sent is not None:
+        payload["sent"] = sent
+    return orjson.dumps({"id": f"{session}-{n}", "organization": "acme", "bot": "bench",
+                         "sessionId": session, "type": "message", "payload": payload,
+                         "context": {"token": token}})
+
+
+def workload(sessions: int, per_session: int, prefix: str) -> list[tuple[bytes, bytes]]:
+    """Messages interleaved across sessions (round robin), keyed by session."""
+    return [(f"{prefix}{s}".encode(), event(f"{prefix}{s}", n, f"tok-{prefix}{s}"))
+            for n in range(per_session) for s in range(sessions)]
+
+
+# ---------------------------------------------------------------------- the runs
+
+
+async def bare_loop(b: Bench, records: list[tuple[bytes, bytes]]) -> float:
+    """The bare aiokafka consume-decode-produce loop, on the same records."""
+    src, dst = "bench.bare.in", "bench.bare.out"
+    await b.create([src, dst])
+    await b.produce(src, records)
+    consumer = AIOKafkaConsumer(src, bootstrap_servers=b.bootstrap, group_id=None,
+                                auto_offset_reset="earliest", max_poll_records=5000)
+    producer = AIOKafkaProducer(bootstrap_servers=b.bootstrap, linger_ms=5)
+    await consumer.start()
+    await producer.start()
+    state: dict[bytes, int] = {}
+    seen, started = 0, 0.0
+    try:
+        while seen < len(records):
+            batch = await consumer.getmany(timeout_ms=500, max_records=5000)
+            if batch and not started:
+                started = time.monotonic()
+            for msgs in batch.values():
+                for m in msgs:
+                    doc = orjson.loads(m.value)
+                    state[m.key] = state.get(m.key, 0) + 1
+                    if doc["type"] == "message":
+                        await producer.send(dst, m.value, key=m.key,
+                                            headers=[("secure-session-reason", b"cached")])
+                    seen += 1
+        await producer.flush()
+        return len(records) / (time.monotonic() - started)
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def cached_path(b: Bench, sessions: int, messages: int) -> float:
+    t = b.topics("cached")
+    await b.create([t["inbound"], t["allowed"], t["blocked"], t["audit"]])
+    worker = b.start_worker("cached", interval=3600)
+    try:
+        await b.produce(t["inbound"], workload(sessions, 1, "c"))  # validate every session
+        await b.drain([t["allowed"]], sessions)
+        calls = sum(b.api.calls.values())
+        records = workload(sessions, messages // sessions, "c")
+        producing = asyncio.create_task(b.produce(t["inbound"], records))
+        first, last = await b.drain([t["allowed"]], sessions + len(records))
+        await producing
+        assert sum(b.api.calls.values()) == calls, "the cached path made calls"
+        b.results["cached_first_to_last_s"] = round(last - first, 2)
+        return len(records) / (last - first)
+    finally:
+        b.stop_worker(worker)
+
+
+async def slow_api(b: Bench, sessions: int, per_session: int) -> dict[str, Any]:
+    t = b.topics("slow")
+    await b.create([t["inbound"], t["allowed"], t["blocked"], t["audit"]])
+    b.api.calls.clear()
+    b.api.default_delay_s = 0.2
+    worker = b.start_worker("slow", interval=3600)
+    try:
+        records = workload(sessions, per_session, "s")
+        producing = asyncio.create_task(b.produce(t["inbound"], records))
+        first, last = await b.drain([t["allowed"], t["blocked"]], len(records))
+        await producing
+    finally:
+        b.stop_worker(worker)
+        b.api.default_delay_s = 0.0
+    calls = sum(b.api.calls.values())
+    return {
+        "slow_msgs_per_s": len(records) / (last - first),
+        "calls": calls,
+        "ideal_calls": sessions,
+        "duplicate_calls": sum(max(0, c - 1) for c in b.api.calls.values()),
+    }
+
+
+async def latency(b: Bench, rate: float, seconds: float, tag: str) -> tuple[float, float]:
+    """Added latency (produce to consume of the allowed record) at a steady rate."""
+    t = b.topics(tag)
+    await b.create([t["inbound"], t["allowed"], t["blocked"], t["audit"]])
+    sessions = 500
+    worker = b.start_worker(tag, interval=3600)
+    try:
+        await b.produce(t["inbound"], workload(sessions, 1, "l"))
+        await b.drain([t["allowed"]], sessions)
+        total = int(rate * seconds)
+        samples: list[float] = []
+
+        def measure(m: Any) -> None:
+            sent = orjson.loads(m.value)["payload"].get("sent")
+            if sent is not None:
+                samples.append((time.time() - sent) * 1000)
+
+        async def steady() -> None:
+            producer = AIOKafkaProducer(bootstrap_servers=b.bootstrap, linger_ms=0)
+            await producer.start()
+            try:
+                start = time.monotonic()
+                for n in range(total):
+                    delay = start + n / rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    s = f"l{n % sessions}"
+                    await producer.send(t["inbound"], event(s, n + 1, f"tok-{s}", time.time()),
+                                        key=s.encode())
+                await producer.flush()
+            finally:
+                await producer.stop()
+
+        sender = asyncio.create_task(steady())
+        await b.drain([t["allowed"]], sessions + total, on=measure)
+        await sender
+    finally:
+        b.stop_worker(worker)
+    samples.sort()
+    return (statistics.median(samples), samples[int(len(samples) * 0.99) - 1])
+
+
+async def state_at_scale(b: Bench, sessions: int) -> dict[str, Any]:
+    """RSS per tracked session and the time to be ready with them in the table."""
+    tag, app_id = "state", f"bench-state-{uuid.uuid4().hex[:6]}"
+    t = b.topics(tag)
+    await b.create([t["inbound"], t["allowed"], t["blocked"], t["audit"]])
+    empty = b.start_worker(tag, interval=3600, app_id=app_id)  # creates the changelog topic
+    await asyncio.sleep(2)
+    base_rss = rss_bytes(empty.pid)
+    b.stop_worker(empty)
+    now_ms = int(time.time() * 1000)
+    value = SessionState(now_ms, True, "sha256:0123456789abcdef", "user-0000000").encode()
+    changelog = f"{app_id}-sessions-changelog"
+    records = [(f"acme/bench/session-{i:08d}".encode(), value) for i in range(sessions)]
+    started = time.monotonic()
+    await b.produce(changelog, records[:-1])
+    # a last batch of one record: tansu's end offset is then exact (BROKER.md)
+    await b.produce(changelog, records[-1:])
+    produce_s = time.monotonic() - started
+    worker = b.start_worker(tag, interval=3600, app_id=app_id)
+    ready_s = worker.ready_s  # type: ignore[attr-defined]
+    await asyncio.sleep(1)
+    full_rss = rss_bytes(worker.pid)
+    b.stop_worker(worker)
+    return {
+        "state_sessions": sessions,
+        "rss_bytes_per_session": round((full_rss - base_rss) / sessions, 1),
+        "restart_ready_s": round(ready_s, 1),
+        "rss_empty_mb": round(base_rss / 2**20, 1),
+        "rss_full_mb": round(full_rss / 2**20, 1),
+        "changelog_produce_s": round(produce_s, 1),
+    }
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+# ---------------------------------------------------------------------- report
+
+
+def table(r: dict[str, Any]) -> str:
+    rows = [
+        ("bare aiokafka loop", f"{r['bare_msgs_per_s']:,.0f} msg/s", "1.00"),
+        ("worker, cached path", f"{r['cached_msgs_per_s']:,.0f} msg/s",
+         f"{r['cached_ratio']:.2f} of bare (target >= 0.5)"),
+        ("worker, slow API (200 ms)", f"{r['slow_msgs_per_s']:,.0f} msg/s",
+         f"{r['slow_ratio']:.2f} of cached (target >= 0.5)"),
+        ("calls / ideal / duplicates", f"{r['calls']} / {r['ideal_calls']}",
+         f"{r['duplicate_calls']} duplicates (target 0)"),
+        ("latency at 2,000 msg/s", f"p50 {r['p50_ms']:.1f} ms", f"p99 {r['p99_ms']:.1f} ms (target < 20)"),
+        (f"latency at half of peak ({r['half_peak_rate']:,.0f} msg/s)",
+         f"p50 {r['half_peak_p50_ms']:.1f} ms", f"p99 {r['half_peak_p99_ms']:.1f} ms"),
+    ]
+    if "rss_bytes_per_session" in r:
+        rows += [
+            (f"RSS per session at {r['state_sessions']:,}", f"{r['rss_bytes_per_session']:,.0f} B",
+             f"{r['rss_full_mb']:,.0f} MB in all"),
+            ("ready after restart with them", f"{r['restart_ready_s']:.1f} s", "target < 60 s"),
+        ]
+    width = max(len(a) for a, _, _ in rows)
+    lines = [f"| {'run':<{width}} | figure | comparison |", f"|{'-' * (width + 2)}|---|---|"]
+    lines += [f"| {a:<{width}} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines)
+
+
+def chart(r: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    names = ["bare loop", "cached path", "slow API"]
+    values = [r["bare_msgs_per_s"], r["cached_msgs_per_s"], r["slow_msgs_per_s"]]
+    left.bar(names, values, color=["#999999", "#2a7ab0", "#e08a1e"])
+    left.set_ylabel("messages / s")
+    left.set_title("Throughput (same run)")
+    labels = ["2,000 msg/s", f"{r['half_peak_rate']:,.0f} msg/s"]
+    x = range(len(labels))
+    right.bar([i - 0.2 for i in x], [r["p50_ms"], r["half_peak_p50_ms"]], 0.4, label="p50")
+    right.bar([i + 0.2 for i in x], [r["p99_ms"], r["half_peak_p99_ms"]], 0.4, label="p99")
+    right.axhline(20, color="red", linestyle="--", linewidth=1, label="p99 target")
+    right.set_xticks(list(x), labels)
+    right.set_ylabel("added latency, ms")
+    right.set_title("Latency, cached path")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+async def main() -> None:
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    broker = None if external else EmbeddedBroker().start()
+    api = AuthorizationAPI(api_key=API_KEY)
+    server = await RunningAPI(api).start()
+    bench = Bench(external or broker.bootstrap, broker is not None, api, server,  # type: ignore[union-attr]
+                  Path(tempfile.mkdtemp(prefix="secure-session-bench-")))
+    for n in range(env_int("BENCH_SLOW_SESSIONS", 10_000)):
+        api.tokens[f"tok-s{n}"] = f"user-{n}"
+    for n in range(env_int("BENCH_SESSIONS", 1000)):
+        api.tokens[f"tok-c{n}"] = f"user-{n}"
+    for n in range(500):
+        api.tokens[f"tok-l{n}"] = f"user-{n}"
+    r = bench.results
+    try:
+        messages = env_int("BENCH_MESSAGES", 100_000)
+        sessions = env_int("BENCH_SESSIONS", 1000)
+        print("bare loop...", flush=True)
+        r["bare_msgs_per_s"] = await bare_loop(bench, workload(sessions, messages // sessions, "b"))
+        print("cached path...", flush=True)
+        r["cached_msgs_per_s"] = await cached_path(bench, sessions, messages)
+        r["cached_ratio"] = r["cached_msgs_per_s"] / r["bare_msgs_per_s"]
+        print("slow API...", flush=True)
+        r |= await slow_api(bench, env_int("BENCH_SLOW_SESSIONS", 10_000),
+                            env_int("BENCH_SLOW_PER_SESSION", 100))
+        r["slow_ratio"] = r["slow_msgs_per_s"] / r["cached_msgs_per_s"]
+        seconds = env_int("BENCH_LATENCY_SECONDS", 10)
+        print("latency at 2,000 msg/s...", flush=True)
+        r["p50_ms"], r["p99_ms"] = await latency(bench, 2000, seconds, "lat2k")
+        r["half_peak_rate"] = round(r["cached_msgs_per_s"] / 2)
+        print(f"latency at {r['half_peak_rate']} msg/s...", flush=True)
+        r["half_peak_p50_ms"], r["half_peak_p99_ms"] = await latency(
+            bench, r["half_peak_rate"], seconds, "lathalf")
+        state_sessions = env_int("BENCH_STATE_SESSIONS", 1_000_000)
+        if state_sessions:
+            print(f"{state_sessions:,} sessions in the table...", flush=True)
+            r |= await state_at_scale(bench, state_sessions)
+    finally:
+        for proc in list(bench.workers):
+            bench.stop_worker(proc)
+        await server.stop()
+        if broker is not None:
+            broker.stop()
+    r = {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}
+    r["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    r["broker"] = "external" if external else "tansu (embedded)"
+    (HERE / "results.json").write_text(json.dumps(r, indent=2) + "\n")
+    chart(r, HERE / "results.png")
+    print()
+    print(table(r))
+    print(f"\nwritten: {HERE / 'results.json'}, {HERE / 'results.png'}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
