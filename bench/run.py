@@ -226,8 +226,17 @@ async def cached_path(b: Bench, sessions: int, messages: int) -> float:
         await b.drain([t["allowed"]], sessions)
         calls = sum(b.api.calls.values())
         records = workload(sessions, messages // sessions, "c")
+        profiler = None
+        if os.environ.get("BENCH_PROFILE"):  # py-spy collapsed stacks of the worker
+            profiler = subprocess.Popen(["py-spy", "record", "--pid", str(worker.pid), "--format",
+                                         "raw", "--rate", "200", "-o", os.environ["BENCH_PROFILE"]],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            await asyncio.sleep(1)
         producing = asyncio.create_task(b.produce(t["inbound"], records))
         first, last = await b.drain([t["allowed"]], sessions + len(records))
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(30)
         await producing
         assert sum(b.api.calls.values()) == calls, "the cached path made calls"
         b.results["cached_first_to_last_s"] = round(last - first, 2)
@@ -416,6 +425,10 @@ async def main() -> None:
         print("cached path...", flush=True)
         r["cached_msgs_per_s"] = await cached_path(bench, sessions, messages)
         r["cached_ratio"] = r["cached_msgs_per_s"] / r["bare_msgs_per_s"]
+        if os.environ.get("BENCH_ONLY") == "cached":
+            print(f"bare {r['bare_msgs_per_s']:,.0f} msg/s, cached {r['cached_msgs_per_s']:,.0f}"
+                  f" msg/s, ratio {r['cached_ratio']:.2f}")
+            return
         print("slow API...", flush=True)
         r |= await slow_api(bench, env_int("BENCH_SLOW_SESSIONS", 10_000),
                             env_int("BENCH_SLOW_PER_SESSION", 100))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import faust
 import httpx
-from faust.types import EventT, StreamT
+from faust.types import Message
 
 from worker import faust_tuning
 from worker.config import Registry
@@ -55,7 +56,7 @@ def faust_settings(settings: Settings, partitions: int) -> dict[str, Any]:
 def create_app(settings: Settings, *, partitions: int, registry: Registry) -> faust.App:
     """The worker's Faust app. `partitions` is the inbound topic's (see kafka.ensure_topics)."""
     app = faust.App(settings.app_id, **faust_settings(settings, partitions))
-    faust_tuning.install(app, settings.kafka.fetch_max_wait_ms)
+    faust_tuning.install(app, fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms)
     t = settings.topics
     raw = faust.Schema(  # type: ignore[var-annotated]
         key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
@@ -98,6 +99,7 @@ def create_app(settings: Settings, *, partitions: int, registry: Registry) -> fa
         send=send,
         topics=t,
         max_held=settings.max_held_messages,
+        run_as=lambda origin, fn, *args: faust_tuning.run_as_current(app, origin, fn, *args),
     )
     config_ready = asyncio.Event()
 
@@ -108,13 +110,15 @@ def create_app(settings: Settings, *, partitions: int, registry: Registry) -> fa
         finally:
             await client.aclose()
 
-    @app.agent(inbound, name="decide")
-    async def decide(stream: StreamT[bytes]) -> None:
-        await config_ready.wait()
-        event: EventT[bytes]
-        async for event in stream.noack().events():  # type: ignore[attr-defined]
-            message = event.message
-            await pipeline.submit(message.key, message.value, message.tp, event.ack)
+    async def decide(message: Message) -> None:
+        if not config_ready.is_set():
+            await config_ready.wait()
+        await pipeline.submit(message.key, message.value, message.tp, ack(message), message)
+
+    def ack(message: Message) -> Callable[[], bool]:
+        return lambda: message.ack(app.consumer)
+
+    faust_tuning.route(app, inbound, decide)
 
     app.pipeline = pipeline  # type: ignore[attr-defined]
     return app

@@ -1,21 +1,44 @@
 """The one place that reaches into Faust's internals (faust-streaming pinned in pyproject).
 
-Faust 0.15.3 hard-codes `fetch_max_wait_ms=1500` for the worker's consumer. On Kafka a
-fetch returns as soon as data arrives, so that only costs idle polls; on brokers that hold
-a fetch for most of the wait (tansu), it is the latency floor of every message. The
-worker's consumer is created through Faust's own extension point (the transport's
-`Consumer` class and its consumer thread) with the wait from the settings.
+Faust keeps what the worker needs from it: the consumer group, the changelog-backed
+table and its recovery, commits, rebalances. Two things are changed, through Faust's own
+extension point (the transport's `Consumer` class and its consumer thread):
+
+1. The consumer's fetch wait. Faust 0.15.3 hard-codes `fetch_max_wait_ms=1500`; on a
+   broker that holds a fetch for most of that wait (tansu) it is the latency floor of
+   every message. It comes from the settings instead (Kafka's 500 ms by default).
+2. The inbound topic's hot path. Faust hands each message to its streams through a
+   lock, a decode into an Event, a channel queue, and two tasks raced per message
+   (`wait_first`): ~150 µs a message, ten times the worker's own work (DESIGN.md). Here
+   the consumer's drain loop hands inbound messages straight to the worker's handler,
+   tracking and acking them the way a Faust stream does (unacked set for rebalances and
+   shutdown, `Message.ack` for commits). Every other topic (changelogs) goes through
+   Faust unchanged. Messages of an old consumer generation, or fetched while flow is
+   suspended for a rebalance, are neither handled nor acked: Faust seeks back to the
+   committed offset after the rebalance and they come again.
+
+Table writes need Faust's "current event" (it picks the changelog partition):
+`run_as_current` builds an Event for the message and runs the write with it set.
 
 tests/unit/test_faust_tuning.py fails loudly if a Faust upgrade moves any of this.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextvars
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import aiokafka
 import faust
+from faust.events import Event
+from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as driver
+from faust.types import Message
+
+Handler = Callable[[Message], Awaitable[None]]
 
 
 class _ConsumerThread(driver.AIOKafkaConsumerThread):
@@ -30,6 +53,60 @@ class _Consumer(driver.Consumer):
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - via workers
+        """Faust's drain loop (faust/transport/consumer.py), with the inbound fast path."""
+        app = self.app
+        fast_topic, handle = app.conf.secure_session_fast_path
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        commit_every = self._commit_every
+        acks_enabled_for = app.topics.acks_enabled_for
+        flow_active = app.flow_control.is_active
+        track = self._unacked_messages.add
+        since_yield = 0
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                ait = getmany(timeout=1.0)
+                await asyncio.sleep(0)
+                if self.should_stop:
+                    continue
+                async for tp, message in ait:
+                    since_yield += 1
+                    if since_yield > 100:
+                        await asyncio.sleep(0)
+                        since_yield = 0
+                    offset = message.offset
+                    r_offset = get_read_offset(tp)
+                    if r_offset is not None and offset < r_offset:
+                        continue  # already read
+                    gap = offset - (r_offset or 0)
+                    if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                        await self._add_gap(tp, r_offset + 1, offset)
+                    if commit_every is not None and self._n_acked >= commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                    if message.topic == fast_topic:
+                        if not flow_active() or message.generation_id != app.consumer_generation_id:
+                            continue  # re-read after the rebalance's seek
+                        message.tracked = True
+                        track(message)
+                        await handle(message)
+                    else:
+                        await self.wait_first(callback(message), self.suspend_flow.wait())
+                    set_read_offset(tp, offset)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                return
+            raise
+
 
 class Transport(driver.Transport):
     """Faust's aiokafka transport with the worker's consumer."""
@@ -37,7 +114,24 @@ class Transport(driver.Transport):
     Consumer = _Consumer
 
 
-def install(app: faust.App, fetch_max_wait_ms: int) -> None:
-    """Use the tuned transport for `app` (call right after creating it)."""
+def install(app: faust.App, *, fetch_max_wait_ms: int) -> None:
+    """Use the tuned transport for `app` (right after creating it, before anything else)."""
     app.conf.secure_session_fetch_max_wait_ms = fetch_max_wait_ms
+    app.conf.secure_session_fast_path = (None, None)
     app.transport = Transport(app.conf.broker_consumer, app)
+
+
+def route(app: faust.App, topic: faust.TopicT, handler: Handler) -> None:
+    """`handler` receives every message of `topic`, in the consumer's drain loop."""
+    app.conf.secure_session_fast_path = (topic.get_topic_name(), handler)
+    app.topics.add(topic)  # subscribed and acked like a stream's topic
+
+
+def run_as_current(app: faust.App, message: Message, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run `fn(*args)` with an Event for `message` as Faust's current event."""
+    event = Event(app, message.key, message.value, message.headers, message)
+    context = contextvars.copy_context()
+    context.run(_current_event.set, weakref.ref(event))
+    result = context.run(fn, *args)
+    del event  # kept alive until here: the context var only holds a weak reference
+    return cast(Any, result)

@@ -10,15 +10,14 @@ Offsets are acked per partition in offset order: a record is acked only when it 
 every record before it on its partition have been decided and sent, so a commit never
 skips an undecided record (Faust's own commit is not gap-safe).
 
-Table writes go to the changelog partition of Faust's *current event*, a context
-variable: a record that waits carries a copy of the context it arrived in, and its
-validation task runs in it.
+Table writes go to the changelog partition of Faust's *current event*: each record keeps
+its origin (the Kafka message) and writes run through `run_as(origin, …)`, which makes
+that message the current event (worker/faust_tuning.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import time
 from collections import Counter, deque
@@ -61,6 +60,12 @@ class Send(Protocol):
     ) -> Awaitable[None]: ...
 
 
+class RunAs(Protocol):
+    """Run a table operation on behalf of a record's origin (its Kafka message)."""
+
+    def __call__(self, origin: Any, fn: Callable[..., Any], /, *args: Any) -> Any: ...
+
+
 @dataclass(slots=True, eq=False)
 class _Record:
     key: bytes | None
@@ -68,7 +73,8 @@ class _Record:
     ack: Callable[[], Any]
     order: deque[_Record]
     event: Inbound | None = None
-    context: contextvars.Context | None = None
+    origin: Any = None
+    """The Kafka message, for table writes on its behalf (see `RunAs`)."""
     done: bool = False
 
 
@@ -98,6 +104,7 @@ class Pipeline:
         send: Send,
         topics: Topics,
         max_held: int,
+        run_as: RunAs = lambda _origin, fn, *args: fn(*args),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._registry = registry
@@ -107,6 +114,7 @@ class Pipeline:
         self._send = send
         self._topics = topics
         self._max_held = max_held
+        self._run_as = run_as
         self._clock = clock
         self._lanes: dict[bytes, deque[_Record]] = {}
         self._order: dict[Hashable, deque[_Record]] = {}
@@ -122,13 +130,18 @@ class Pipeline:
         return self._held
 
     async def submit(
-        self, key: bytes | None, value: bytes | None, partition: Hashable, ack: Callable[[], Any]
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        partition: Hashable,
+        ack: Callable[[], Any],
+        origin: Any = None,
     ) -> None:
         """Take one inbound record; returns when the next may be taken (back-pressure)."""
         order = self._order.get(partition)
         if order is None:
             order = self._order[partition] = deque()
-        record = _Record(key, value, ack, order)
+        record = _Record(key, value, ack, order, origin=origin)
         order.append(record)
         try:
             record.event = parse_inbound(value)
@@ -139,7 +152,6 @@ class Pipeline:
         if lane is None:
             await self._process(record, None)
             return
-        record.context = contextvars.copy_context()
         lane.append(record)
         self._held += 1
         if self._held >= self._max_held:
@@ -199,8 +211,6 @@ class Pipeline:
         self._lanes.setdefault(event.state_key, deque())
         task = asyncio.create_task(
             self._call(record, bot, check, remote),
-            # a copy: `_in_context` may enter record.context from inside the task
-            context=(record.context or contextvars.copy_context()).copy(),
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -237,7 +247,7 @@ class Pipeline:
                     new_state.identity,
                 )
         if new_state is not None:
-            self._in_context(record, self._table.__setitem__, key, new_state.encode())
+            self._run_as(record.origin, self._table.__setitem__, key, new_state.encode())
         decision = verdict(result, bot.failure_mode, first=True)
         await self._send(
             self._topics.audit,
@@ -253,14 +263,6 @@ class Pipeline:
             ),
         )
         await self._apply(record, bot, decision, check.redact)
-
-    @staticmethod
-    def _in_context(record: _Record, fn: Callable[..., Any], *args: Any) -> None:
-        """Run a table operation in the record's own context (Faust's current event)."""
-        if record.context is None:
-            fn(*args)
-        else:
-            record.context.run(fn, *args)
 
     async def _drain(self, key: bytes, result: Validation | None) -> None:
         lane = self._lanes[key]
@@ -279,7 +281,7 @@ class Pipeline:
     async def _end_session(self, record: _Record) -> None:
         event = record.event
         assert event is not None
-        self._in_context(record, self._table.pop, event.state_key, None)
+        self._run_as(record.origin, self._table.pop, event.state_key, None)
         now_ms = self._now_ms()
         self.stats.decisions["session_ended"] += 1
         await self._send(

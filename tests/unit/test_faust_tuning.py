@@ -16,7 +16,7 @@ from worker import faust_tuning
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_the_worker_consumer_gets_the_configured_fetch_wait() -> None:
     app = faust.App("tuning-test", broker="kafka://127.0.0.1:1")
-    faust_tuning.install(app, 7)
+    faust_tuning.install(app, fetch_max_wait_ms=7)
     assert isinstance(app.transport, faust_tuning.Transport)
     consumer = app.consumer
     thread = consumer._new_consumer_thread()
