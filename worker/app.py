@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import faust
 import httpx
+from aiokafka.partitioner import murmur2
 from faust.types import Message
 
 from worker import faust_tuning
@@ -24,6 +26,12 @@ from worker.validators.jwt import JwtValidator
 from worker.vault import Vault
 
 log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=2**16)
+def partition_for(key: bytes, count: int) -> int:
+    """Kafka's default partitioner (murmur2), remembered: sessions send many records."""
+    return int(murmur2(key) & 0x7FFFFFFF) % count
 
 
 def faust_settings(settings: Settings, partitions: int) -> dict[str, Any]:
@@ -48,23 +56,27 @@ def faust_settings(settings: Settings, partitions: int) -> dict[str, Any]:
         conf["broker_heartbeat_interval"] = k.heartbeat_interval_s
     if k.rebalance_timeout_s is not None:
         conf["broker_rebalance_timeout"] = k.rebalance_timeout_s
+    conf["producer_linger"] = k.producer_linger_ms / 1000
     if k.producer_max_batch_size is not None:
         conf["producer_max_batch_size"] = k.producer_max_batch_size
     return conf
 
 
-def create_app(settings: Settings, *, partitions: int, registry: Registry) -> faust.App:
-    """The worker's Faust app. `partitions` is the inbound topic's (see kafka.ensure_topics)."""
-    app = faust.App(settings.app_id, **faust_settings(settings, partitions))
-    faust_tuning.install(app, fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms)
+def create_app(
+    settings: Settings, *, partitions: Mapping[str, int], registry: Registry
+) -> faust.App:
+    """The worker's Faust app; `partitions`: the data topics' counts (kafka.ensure_topics)."""
     t = settings.topics
+    inbound_partitions = partitions[t.inbound]
+    app = faust.App(settings.app_id, **faust_settings(settings, inbound_partitions))
+    faust_tuning.install(app, fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms)
     raw = faust.Schema(  # type: ignore[var-annotated]
         key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )
-    inbound = app.topic(t.inbound, schema=raw, partitions=partitions)
+    inbound = app.topic(t.inbound, schema=raw, partitions=inbound_partitions)
     # key: organization/bot/session; value: decide.SessionState.encode()
     sessions = app.Table(
-        "sessions", default=None, partitions=partitions, key_type=bytes, value_type=bytes
+        "sessions", default=None, partitions=inbound_partitions, key_type=bytes, value_type=bytes
     )
     client: httpx.AsyncClient = new_client(settings.max_concurrent_calls)
     http = Http(
@@ -78,11 +90,17 @@ def create_app(settings: Settings, *, partitions: int, registry: Registry) -> fa
     auth = ConnectorAuth(http, vault)
 
     async def send(
-        topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]] | None = None
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Sequence[tuple[str, bytes]] | None = None,
     ) -> None:
         # queued in order; Faust flushes the producer before it commits any offset
-        fut = await app.producer.send(topic, key, value, None, None, headers)
-        fut.add_done_callback(_delivery_failed)  # type: ignore[attr-defined]
+        partition = None if key is None else partition_for(key, partitions[topic])
+        fut = await faust_tuning.kafka_producer(app).send(
+            topic, value, key=key, partition=partition, headers=headers
+        )
+        fut.add_done_callback(_delivery_failed)
 
     def _delivery_failed(fut: asyncio.Future[Any]) -> None:
         if not fut.cancelled() and fut.exception() is not None:

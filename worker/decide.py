@@ -6,6 +6,7 @@ or a sleep (tests/unit/test_decide.py, with Hypothesis properties).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -50,16 +51,19 @@ class SessionState:
             ]
         )
 
-    @classmethod
-    def decode(cls, raw: bytes | None) -> SessionState | None:
+    @staticmethod
+    def decode(raw: bytes | None) -> SessionState | None:
         """The state in `raw`; None for a missing or unreadable value (treated as unknown)."""
-        if raw is None:
-            return None
-        try:
-            at, allowed, fp, identity, exp = orjson.loads(raw)
-            return cls(int(at), bool(allowed), str(fp), identity, exp)
-        except (orjson.JSONDecodeError, TypeError, ValueError):
-            return None
+        return None if raw is None else _decode(raw)
+
+
+@functools.lru_cache(maxsize=2**16)  # a session's messages read the same value again and again
+def _decode(raw: bytes) -> SessionState | None:
+    try:
+        at, allowed, fp, identity, exp = orjson.loads(raw)
+        return SessionState(int(at), bool(allowed), str(fp), identity, exp)
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ InvalidEvent with a detail that names the problem, never a crash.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import uuid
 from collections.abc import Callable
@@ -93,11 +94,13 @@ def parse_inbound(value: bytes | None) -> Inbound:
 
 def fingerprint(value: Any) -> str:
     """A short, stable hash of a credential (or of what is sent): never the value itself."""
-    data = (
-        value.encode()
-        if isinstance(value, str)
-        else orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
-    )
+    if isinstance(value, str):
+        return _fingerprint_bytes(value.encode())
+    return _fingerprint_bytes(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
+
+
+@functools.lru_cache(maxsize=2**16)  # a session presents the same credential many times
+def _fingerprint_bytes(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()[:16]
 
 
@@ -203,9 +206,11 @@ def audit_record(
     )
 
 
+@functools.lru_cache(maxsize=2**16)  # the same for every cached message of a session
 def allowed_headers(
     reason: Reason, validated_at_ms: int, identity: str | None
 ) -> list[tuple[str, bytes]]:
+    """The allowed record's headers; shared between records: never modify the list."""
     headers = [
         ("secure-session-decision", b"allowed"),
         ("secure-session-reason", reason.encode()),

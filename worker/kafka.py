@@ -17,25 +17,25 @@ from worker.settings import Settings
 log = logging.getLogger(__name__)
 
 
-async def ensure_topics(settings: Settings) -> int:
-    """Create the topics that are missing; return the inbound topic's partition count.
+async def ensure_topics(settings: Settings) -> dict[str, int]:
+    """Create the topics that are missing; return the data topics' partition counts.
 
     The inbound topic may exist already (bot channels create it): the worker follows its
-    partition count for its outputs and tables. Config topics are compacted.
+    partition count for the topics it creates and for its table. Config topics are compacted.
     """
     t = settings.topics
+    data = (t.inbound, t.allowed, t.blocked, t.audit)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        partitions = settings.partitions
-        if t.inbound in existing:
-            (meta,) = await admin.describe_topics([t.inbound])
-            partitions = len(meta["partitions"])
+        counts = {
+            meta["topic"]: len(meta["partitions"])
+            for meta in await admin.describe_topics([n for n in data if n in existing])
+        }
+        inbound = counts.get(t.inbound, settings.partitions)
         rf = settings.replication_factor
-        wanted = [
-            NewTopic(name, partitions, rf) for name in (t.inbound, t.allowed, t.blocked, t.audit)
-        ]
+        wanted = [NewTopic(name, inbound, rf) for name in data]
         wanted += [
             NewTopic(name, 1, rf, topic_configs={"cleanup.policy": "compact"})
             for name in (t.bots, t.connectors)
@@ -49,7 +49,7 @@ async def ensure_topics(settings: Settings) -> int:
                 if code not in (0, 36):
                     why = rest[0] if rest and rest[0] else f"error code {code}"
                     raise TopicSetupError(f"cannot create topic {name!r}: {why}")
-        return partitions
+        return {name: counts.get(name, inbound) for name in data}
     finally:
         await admin.close()
 

@@ -37,6 +37,8 @@ class KafkaTuning:
     heartbeat_interval_s: float | None = None
     rebalance_timeout_s: float | None = None
     producer_max_batch_size: int | None = None
+    producer_linger_ms: int = 5
+    """How long the producer waits to fill a batch (Kafka 4's default; fewer, larger requests)."""
     fetch_max_wait_ms: int = 500
     """How long a fetch may wait for data (Kafka's default; Faust alone would use 1500)."""
 
@@ -116,6 +118,7 @@ class Settings:
                     "KAFKA_PRODUCER_MAX_BATCH_SIZE", _positive(int), None
                 ),
                 fetch_max_wait_ms=r.get("KAFKA_FETCH_MAX_WAIT_MS", _positive(int), 500),
+                producer_linger_ms=r.get("KAFKA_PRODUCER_LINGER_MS", _non_negative(int), 5),
             ),
             environ=env,
         )
