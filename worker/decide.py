@@ -148,8 +148,13 @@ def decide(
         return verdict(waited_for, failure_mode, first=False)
     if is_fresh(state, fingerprint, interval_s, now_ms):
         assert state is not None
-        return Decision(True, "cached", "", state.validated_at_ms, state.identity)
+        return _cached(state.validated_at_ms, state.identity)
     return VALIDATE
+
+
+@functools.lru_cache(maxsize=2**16)  # one Decision for every cached message of a session
+def _cached(validated_at_ms: int, identity: str | None) -> Decision:
+    return Decision(True, "cached", "", validated_at_ms, identity)
 
 
 def state_after(result: Validation) -> SessionState | None:

@@ -74,9 +74,9 @@ def parse_inbound(value: bytes | None) -> Inbound:
         raise InvalidEvent(f"value is a JSON {type(doc).__name__}, not an object")
     for name in _REQUIRED:
         v = doc.get(name)
-        if v is None:
-            raise InvalidEvent(f"field {name!r} is missing")
-        if not isinstance(v, str) or not v:
+        if type(v) is not str or not v:
+            if v is None:
+                raise InvalidEvent(f"field {name!r} is missing")
             raise InvalidEvent(f"field {name!r} must be a non-empty string")
     kind = doc.get("type", "message")
     if kind not in ("message", "session_end"):

@@ -8,6 +8,7 @@ the call is made again.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,18 @@ class BaasCall:
                 mapping.input_path.replace(context, fingerprint)
 
 
+def _fingerprint(alias: str, values: tuple[Any, ...]) -> str:
+    try:
+        return _fingerprint_hashable(alias, values)
+    except TypeError:  # a mapped value that is an object or a list
+        return fingerprint([alias, values])
+
+
+@functools.lru_cache(maxsize=2**16)  # a session sends the same credential many times
+def _fingerprint_hashable(alias: str, values: tuple[Any, ...]) -> str:
+    return fingerprint([alias, values])
+
+
 class BaasValidator:
     """Prepares and performs BaaS calls."""
 
@@ -60,7 +73,7 @@ class BaasValidator:
     def prepare(_bot: Bot, connector: Connector, event: Inbound) -> BaasCall:
         """Read the mapped values from the event's context (no I/O, no secrets)."""
         values = tuple(m.input_path.get(event.context) for m in connector.mappings)
-        return BaasCall(connector, values, fingerprint([connector.alias, values]))
+        return BaasCall(connector, values, _fingerprint(connector.alias, values))
 
     async def build_request(self, call: BaasCall) -> httpx.Request:
         """The HTTP request, secrets resolved; Misconfigured / Unavailable from auth."""
