@@ -63,8 +63,10 @@ class Bench:
     # ------------------------------------------------------------------ helpers
 
     def topics(self, tag: str) -> dict[str, str]:
-        return {k: f"bench.{tag}.{k}" for k in ("inbound", "allowed", "blocked", "audit", "bots",
-                                                "connectors")}
+        return {
+            k: f"bench.{tag}.{k}"
+            for k in ("inbound", "allowed", "blocked", "audit", "bots", "connectors")
+        }
 
     async def create(self, names: list[str]) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
@@ -74,37 +76,77 @@ class Bench:
         finally:
             await admin.close()
 
-    def start_worker(self, tag: str, interval: float, app_id: str | None = None,
-                     extra: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self,
+        tag: str,
+        interval: float,
+        app_id: str | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
         topics = self.topics(tag)
         config = self.tmp / f"{tag}.yaml"
-        config.write_text(yaml.safe_dump({
-            "bots": [{"Name": "bench", "Organization": "acme", "SecureSession": True,
-                      "SecureSessionConfig": {"Type": "baas", "ValidationInterval": interval,
-                                              "ApiAlias": "api"}}],
-            "connectors": [{"Alias": "api", "Organization": "acme", "Method": "POST",
-                            "Endpoint": self.server.url, "TimeoutSeconds": 5,
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "bots": [
+                        {
+                            "Name": "bench",
+                            "Organization": "acme",
+                            "SecureSession": True,
+                            "SecureSessionConfig": {
+                                "Type": "baas",
+                                "ValidationInterval": interval,
+                                "ApiAlias": "api",
+                            },
+                        }
+                    ],
+                    "connectors": [
+                        {
+                            "Alias": "api",
+                            "Organization": "acme",
+                            "Method": "POST",
+                            "Endpoint": self.server.url,
+                            "TimeoutSeconds": 5,
                             "Headers": {"Authorization": API_KEY},
-                            "RequestMapping": {"t": {"type": "requestBody",
-                                                     "requestBodyPath": "$.token",
-                                                     "inputPath": "$.token"}}}],
-        }))
-        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
-               "SECURE_SESSION_CONFIG": str(config),
-               "SECURE_SESSION_APP_ID": app_id or f"bench-{tag}",
-               "SECURE_SESSION_DATA_DIR": str(self.tmp / f"data-{tag}"),
-               "SECURE_SESSION_LOG_LEVEL": "info",
-               "SECURE_SESSION_MAX_CONCURRENT_CALLS": "200",
-               "SECURE_SESSION_MAX_HELD_MESSAGES": "50000",
-               **{f"SECURE_SESSION_TOPIC_{k.upper()}": v for k, v in topics.items()}}
+                            "RequestMapping": {
+                                "t": {
+                                    "type": "requestBody",
+                                    "requestBodyPath": "$.token",
+                                    "inputPath": "$.token",
+                                }
+                            },
+                        }
+                    ],
+                }
+            )
+        )
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
+            "SECURE_SESSION_CONFIG": str(config),
+            "SECURE_SESSION_APP_ID": app_id or f"bench-{tag}",
+            "SECURE_SESSION_DATA_DIR": str(self.tmp / f"data-{tag}"),
+            "SECURE_SESSION_LOG_LEVEL": "info",
+            "SECURE_SESSION_MAX_CONCURRENT_CALLS": "200",
+            "SECURE_SESSION_MAX_HELD_MESSAGES": "50000",
+            **{f"SECURE_SESSION_TOPIC_{k.upper()}": v for k, v in topics.items()},
+        }
         if self.embedded:
-            env |= {"KAFKA_SESSION_TIMEOUT_S": "2", "KAFKA_HEARTBEAT_INTERVAL_S": "0.3",
-                    "KAFKA_REBALANCE_TIMEOUT_S": "2", "KAFKA_FETCH_MAX_WAIT_MS": "10"}
+            env |= {
+                "KAFKA_SESSION_TIMEOUT_S": "2",
+                "KAFKA_HEARTBEAT_INTERVAL_S": "0.3",
+                "KAFKA_REBALANCE_TIMEOUT_S": "2",
+            }
+            env.setdefault("KAFKA_FETCH_MAX_WAIT_MS", "10")
         env |= extra or {}
         log = self.tmp / f"worker-{tag}-{len(self.workers)}.log"
         with log.open("wb") as f:
-            proc = subprocess.Popen([sys.executable, "-m", "worker", "worker"], env=env,
-                                    stdout=f, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "worker", "worker"],
+                env=env,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+            )
         proc.log = log  # type: ignore[attr-defined]
         proc.started = time.monotonic()  # type: ignore[attr-defined]
         self.workers.append(proc)
@@ -127,23 +169,35 @@ class Bench:
         self.workers.remove(proc)
 
     async def produce(self, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5,
-                                    max_batch_size=256 * 1024)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, linger_ms=5, max_batch_size=256 * 1024
+        )
         await producer.start()
         try:
             for i in range(0, len(records), 5000):
-                await asyncio.gather(*[producer.send(topic, v, key=k)
-                                       for k, v in records[i:i + 5000]])
+                await asyncio.gather(
+                    *[producer.send(topic, v, key=k) for k, v in records[i : i + 5000]]
+                )
             await producer.flush()
         finally:
             await producer.stop()
 
-    async def drain(self, topics: list[str], count: int, timeout: float = 600,
-                    on: Callable[[Any], None] | None = None) -> tuple[float, float]:
+    async def drain(
+        self,
+        topics: list[str],
+        count: int,
+        timeout: float = 600,
+        on: Callable[[Any], None] | None = None,
+    ) -> tuple[float, float]:
         """Read `count` records; (time of the first, time of the last) by the wall clock."""
-        consumer = AIOKafkaConsumer(*topics, bootstrap_servers=self.bootstrap, group_id=None,
-                                    auto_offset_reset="earliest", fetch_max_wait_ms=5,
-                                    max_poll_records=5000)
+        consumer = AIOKafkaConsumer(
+            *topics,
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=env_int("BENCH_FETCH_MAX_WAIT_MS", 5),
+            max_poll_records=5000,
+        )
         await consumer.start()
         seen, first, last = 0, 0.0, 0.0
         deadline = time.monotonic() + timeout
@@ -171,15 +225,26 @@ def event(session: str, n: int, token: str, sent: float | None = None) -> bytes:
     payload: dict[str, Any] = {"text": "x" * 120}
     if sent is not None:
         payload["sent"] = sent
-    return orjson.dumps({"id": f"{session}-{n}", "organization": "acme", "bot": "bench",
-                         "sessionId": session, "type": "message", "payload": payload,
-                         "context": {"token": token}})
+    return orjson.dumps(
+        {
+            "id": f"{session}-{n}",
+            "organization": "acme",
+            "bot": "bench",
+            "sessionId": session,
+            "type": "message",
+            "payload": payload,
+            "context": {"token": token},
+        }
+    )
 
 
 def workload(sessions: int, per_session: int, prefix: str) -> list[tuple[bytes, bytes]]:
     """Messages interleaved across sessions (round robin), keyed by session."""
-    return [(f"{prefix}{s}".encode(), event(f"{prefix}{s}", n, f"tok-{prefix}{s}"))
-            for n in range(per_session) for s in range(sessions)]
+    return [
+        (f"{prefix}{s}".encode(), event(f"{prefix}{s}", n, f"tok-{prefix}{s}"))
+        for n in range(per_session)
+        for s in range(sessions)
+    ]
 
 
 # ---------------------------------------------------------------------- the runs
@@ -190,8 +255,13 @@ async def bare_loop(b: Bench, records: list[tuple[bytes, bytes]]) -> float:
     src, dst = "bench.bare.in", "bench.bare.out"
     await b.create([src, dst])
     await b.produce(src, records)
-    consumer = AIOKafkaConsumer(src, bootstrap_servers=b.bootstrap, group_id=None,
-                                auto_offset_reset="earliest", max_poll_records=5000)
+    consumer = AIOKafkaConsumer(
+        src,
+        bootstrap_servers=b.bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        max_poll_records=5000,
+    )
     producer = AIOKafkaProducer(bootstrap_servers=b.bootstrap, linger_ms=5)
     await consumer.start()
     await producer.start()
@@ -207,8 +277,9 @@ async def bare_loop(b: Bench, records: list[tuple[bytes, bytes]]) -> float:
                     doc = orjson.loads(m.value)
                     state[m.key] = state.get(m.key, 0) + 1
                     if doc["type"] == "message":
-                        await producer.send(dst, m.value, key=m.key,
-                                            headers=[("secure-session-reason", b"cached")])
+                        await producer.send(
+                            dst, m.value, key=m.key, headers=[("secure-session-reason", b"cached")]
+                        )
                     seen += 1
         await producer.flush()
         return len(records) / (time.monotonic() - started)
@@ -228,9 +299,22 @@ async def cached_path(b: Bench, sessions: int, messages: int) -> float:
         records = workload(sessions, messages // sessions, "c")
         profiler = None
         if os.environ.get("BENCH_PROFILE"):  # py-spy collapsed stacks of the worker
-            profiler = subprocess.Popen(["py-spy", "record", "--pid", str(worker.pid), "--format",
-                                         "raw", "--rate", "200", "-o", os.environ["BENCH_PROFILE"]],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            profiler = subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "--pid",
+                    str(worker.pid),
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "200",
+                    "-o",
+                    os.environ["BENCH_PROFILE"],
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             await asyncio.sleep(1)
         producing = asyncio.create_task(b.produce(t["inbound"], records))
         first, last = await b.drain([t["allowed"]], sessions + len(records))
@@ -295,8 +379,9 @@ async def latency(b: Bench, rate: float, seconds: float, tag: str) -> tuple[floa
                     if delay > 0:
                         await asyncio.sleep(delay)
                     s = f"l{n % sessions}"
-                    await producer.send(t["inbound"], event(s, n + 1, f"tok-{s}", time.time()),
-                                        key=s.encode())
+                    await producer.send(
+                        t["inbound"], event(s, n + 1, f"tok-{s}", time.time()), key=s.encode()
+                    )
                 await producer.flush()
             finally:
                 await producer.stop()
@@ -356,20 +441,39 @@ def rss_bytes(pid: int) -> int:
 def table(r: dict[str, Any]) -> str:
     rows = [
         ("bare aiokafka loop", f"{r['bare_msgs_per_s']:,.0f} msg/s", "1.00"),
-        ("worker, cached path", f"{r['cached_msgs_per_s']:,.0f} msg/s",
-         f"{r['cached_ratio']:.2f} of bare (target >= 0.5)"),
-        ("worker, slow API (200 ms)", f"{r['slow_msgs_per_s']:,.0f} msg/s",
-         f"{r['slow_ratio']:.2f} of cached (target >= 0.5)"),
-        ("calls / ideal / duplicates", f"{r['calls']} / {r['ideal_calls']}",
-         f"{r['duplicate_calls']} duplicates (target 0)"),
-        ("latency at 2,000 msg/s", f"p50 {r['p50_ms']:.1f} ms", f"p99 {r['p99_ms']:.1f} ms (target < 20)"),
-        (f"latency at half of peak ({r['half_peak_rate']:,.0f} msg/s)",
-         f"p50 {r['half_peak_p50_ms']:.1f} ms", f"p99 {r['half_peak_p99_ms']:.1f} ms"),
+        (
+            "worker, cached path",
+            f"{r['cached_msgs_per_s']:,.0f} msg/s",
+            f"{r['cached_ratio']:.2f} of bare (target >= 0.5)",
+        ),
+        (
+            "worker, slow API (200 ms)",
+            f"{r['slow_msgs_per_s']:,.0f} msg/s",
+            f"{r['slow_ratio']:.2f} of cached (target >= 0.5)",
+        ),
+        (
+            "calls / ideal / duplicates",
+            f"{r['calls']} / {r['ideal_calls']}",
+            f"{r['duplicate_calls']} duplicates (target 0)",
+        ),
+        (
+            "latency at 2,000 msg/s",
+            f"p50 {r['p50_ms']:.1f} ms",
+            f"p99 {r['p99_ms']:.1f} ms (target < 20)",
+        ),
+        (
+            f"latency at half of peak ({r['half_peak_rate']:,.0f} msg/s)",
+            f"p50 {r['half_peak_p50_ms']:.1f} ms",
+            f"p99 {r['half_peak_p99_ms']:.1f} ms",
+        ),
     ]
     if "rss_bytes_per_session" in r:
         rows += [
-            (f"RSS per session at {r['state_sessions']:,}", f"{r['rss_bytes_per_session']:,.0f} B",
-             f"{r['rss_full_mb']:,.0f} MB in all"),
+            (
+                f"RSS per session at {r['state_sessions']:,}",
+                f"{r['rss_bytes_per_session']:,.0f} B",
+                f"{r['rss_full_mb']:,.0f} MB in all",
+            ),
             ("ready after restart with them", f"{r['restart_ready_s']:.1f} s", "target < 60 s"),
         ]
     width = max(len(a) for a, _, _ in rows)
@@ -408,8 +512,13 @@ async def main() -> None:
     broker = None if external else EmbeddedBroker().start()
     api = AuthorizationAPI(api_key=API_KEY)
     server = await RunningAPI(api).start()
-    bench = Bench(external or broker.bootstrap, broker is not None, api, server,  # type: ignore[union-attr]
-                  Path(tempfile.mkdtemp(prefix="secure-session-bench-")))
+    bench = Bench(
+        external or broker.bootstrap,
+        broker is not None,
+        api,
+        server,  # type: ignore[union-attr]
+        Path(tempfile.mkdtemp(prefix="secure-session-bench-")),
+    )
     for n in range(env_int("BENCH_SLOW_SESSIONS", 10_000)):
         api.tokens[f"tok-s{n}"] = f"user-{n}"
     for n in range(env_int("BENCH_SESSIONS", 1000)):
@@ -418,6 +527,10 @@ async def main() -> None:
         api.tokens[f"tok-l{n}"] = f"user-{n}"
     r = bench.results
     try:
+        if os.environ.get("BENCH_ONLY") == "latency":
+            r["p50_ms"], r["p99_ms"] = await latency(bench, 2000, 10, "lat2k")
+            print(f"latency at 2,000 msg/s: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms")
+            return
         messages = env_int("BENCH_MESSAGES", 100_000)
         sessions = env_int("BENCH_SESSIONS", 1000)
         print("bare loop...", flush=True)
@@ -426,12 +539,15 @@ async def main() -> None:
         r["cached_msgs_per_s"] = await cached_path(bench, sessions, messages)
         r["cached_ratio"] = r["cached_msgs_per_s"] / r["bare_msgs_per_s"]
         if os.environ.get("BENCH_ONLY") == "cached":
-            print(f"bare {r['bare_msgs_per_s']:,.0f} msg/s, cached {r['cached_msgs_per_s']:,.0f}"
-                  f" msg/s, ratio {r['cached_ratio']:.2f}")
+            print(
+                f"bare {r['bare_msgs_per_s']:,.0f} msg/s, cached {r['cached_msgs_per_s']:,.0f}"
+                f" msg/s, ratio {r['cached_ratio']:.2f}"
+            )
             return
         print("slow API...", flush=True)
-        r |= await slow_api(bench, env_int("BENCH_SLOW_SESSIONS", 10_000),
-                            env_int("BENCH_SLOW_PER_SESSION", 100))
+        r |= await slow_api(
+            bench, env_int("BENCH_SLOW_SESSIONS", 10_000), env_int("BENCH_SLOW_PER_SESSION", 100)
+        )
         r["slow_ratio"] = r["slow_msgs_per_s"] / r["cached_msgs_per_s"]
         seconds = env_int("BENCH_LATENCY_SECONDS", 10)
         print("latency at 2,000 msg/s...", flush=True)
@@ -439,7 +555,8 @@ async def main() -> None:
         r["half_peak_rate"] = round(r["cached_msgs_per_s"] / 2)
         print(f"latency at {r['half_peak_rate']} msg/s...", flush=True)
         r["half_peak_p50_ms"], r["half_peak_p99_ms"] = await latency(
-            bench, r["half_peak_rate"], seconds, "lathalf")
+            bench, r["half_peak_rate"], seconds, "lathalf"
+        )
         state_sessions = env_int("BENCH_STATE_SESSIONS", 1_000_000)
         if state_sessions:
             print(f"{state_sessions:,} sessions in the table...", flush=True)
@@ -451,7 +568,9 @@ async def main() -> None:
         if broker is not None:
             broker.stop()
     r = {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}
-    r["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    r["machine"] = (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
     r["broker"] = "external" if external else "tansu (embedded)"
     (HERE / "results.json").write_text(json.dumps(r, indent=2) + "\n")
     chart(r, HERE / "results.png")

@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import faust
 import httpx
 from aiokafka.partitioner import murmur2
-from faust.types import Message
+from faust.types import TP, Message
 
 from worker import faust_tuning
 from worker.config import Registry
+from worker.expiry import sweep
 from worker.kafka import follow_config
 from worker.pipeline import Pipeline
 from worker.settings import Settings
@@ -38,7 +40,7 @@ def faust_settings(settings: Settings, partitions: int) -> dict[str, Any]:
     """Faust's settings for this worker: Kafka defaults unless the environment tunes them."""
     conf: dict[str, Any] = {
         "broker": [f"kafka://{h.strip()}" for h in settings.bootstrap_servers.split(",")],
-        "store": "memory://",
+        "store": f"{settings.store}://",
         "processing_guarantee": "at_least_once",
         "topic_partitions": partitions,
         "topic_replication_factor": settings.replication_factor,
@@ -137,6 +139,25 @@ def create_app(
         return lambda: message.ack(app.consumer)
 
     faust_tuning.route(app, inbound, decide)
+
+    def tombstone(key: bytes) -> None:
+        session = key.split(b"/", 2)[2]
+        partition = partition_for(session, inbound_partitions)
+        if TP(t.inbound, partition) in app.consumer.assignment():
+            sessions.send_changelog(partition, key, None, value_serializer="raw")
+
+    @app.timer(settings.sweep_every_s)  # type: ignore[untyped-decorator]
+    async def expire_idle_sessions() -> None:
+        expired = await sweep(
+            sessions.data,
+            registry,
+            int(time.time() * 1000),
+            multiple=settings.expiry_multiple,
+            minimum_s=settings.expiry_min_s,
+            tombstone=tombstone,
+        )
+        if expired:
+            log.info("expired %d idle sessions", expired)
 
     app.pipeline = pipeline  # type: ignore[attr-defined]
     return app

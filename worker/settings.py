@@ -64,6 +64,11 @@ class Settings:
     http_backoff_s: float = 0.2
     http_connect_timeout_s: float = 2.0
     log_level: str = "info"
+    store: str = "memory"
+    """Session table store: `memory`, or `rocksdb` (on disk in data_dir; needs rocksdict)."""
+    expiry_multiple: float = 2.0
+    expiry_min_s: float = 60.0
+    sweep_every_s: float = 60.0
     kafka: KafkaTuning = field(default_factory=KafkaTuning)
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
     """The environment the settings were read from (secrets may come from it)."""
@@ -110,6 +115,12 @@ class Settings:
                 "SECURE_SESSION_HTTP_CONNECT_TIMEOUT_S", _positive(float), d.http_connect_timeout_s
             ),
             log_level=r.get("SECURE_SESSION_LOG_LEVEL", _log_level, d.log_level),
+            store=r.get("SECURE_SESSION_STORE", _store, d.store),
+            expiry_multiple=r.get(
+                "SECURE_SESSION_EXPIRY_MULTIPLE", _positive(float), d.expiry_multiple
+            ),
+            expiry_min_s=r.get("SECURE_SESSION_EXPIRY_MIN_S", _non_negative(float), d.expiry_min_s),
+            sweep_every_s=r.get("SECURE_SESSION_SWEEP_EVERY_S", _positive(float), d.sweep_every_s),
             kafka=KafkaTuning(
                 session_timeout_s=r.get("KAFKA_SESSION_TIMEOUT_S", _positive(float), None),
                 heartbeat_interval_s=r.get("KAFKA_HEARTBEAT_INTERVAL_S", _positive(float), None),
@@ -171,4 +182,11 @@ def _log_level(raw: str) -> str:
     low = raw.lower()
     if low not in ("debug", "info", "warning", "error", "critical"):
         raise ValueError("expected debug, info, warning, error or critical")
+    return low
+
+
+def _store(raw: str) -> str:
+    low = raw.lower()
+    if low not in ("memory", "rocksdb"):
+        raise ValueError("expected memory or rocksdb")
     return low

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 
 from tests.integration.conftest import bot, connector
 from tests.integration.harness import Harness, event, reason
@@ -120,3 +122,51 @@ def test_send_command_keys_events_by_session(harness: Harness) -> None:
     outs = h.wait_decisions("s-cli", 3)
     assert [reason(o) for o in outs] == ["validated", "cached", "cached"]
     assert h.api.calls["tok-cli"] == 1
+
+
+def test_idle_sessions_expire_with_a_tombstone_on_the_changelog(harness: Harness) -> None:
+    h = harness
+    h.extra_env |= {"SECURE_SESSION_SWEEP_EVERY_S": "0.5", "SECURE_SESSION_EXPIRY_MIN_S": "0"}
+    h.start_worker(h.write_config([bot("short", interval=1)], [connector("main", h.server.url)]))
+    h.api.tokens["tok-idle"] = "ida"
+    h.send(event("s-idle", "m0", "tok-idle", bot="short"))
+    h.wait_decisions("s-idle", 1)
+
+    async def changelog() -> list[tuple[bytes, bytes | None]]:
+        consumer = AIOKafkaConsumer(
+            f"{h.app_id}-sessions-changelog",
+            bootstrap_servers=h.broker.bootstrap,
+            group_id=None,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            batch = await consumer.getmany(timeout_ms=1000)
+            return [(m.key, m.value) for msgs in batch.values() for m in msgs]
+        finally:
+            await consumer.stop()
+
+    key = b"acme/short/s-idle"
+    for _ in range(40):
+        records = [r for r in h.run(changelog()) if r[0] == key]
+        if records and records[-1][1] is None:
+            break
+        time.sleep(0.25)
+    assert records[0][1] is not None and records[-1][1] is None  # written, then expired
+
+
+@pytest.mark.parametrize("store", ["rocksdb"])
+def test_restart_keeps_sessions_with_the_disk_store(harness: Harness, store: str) -> None:
+    h = harness
+    h.extra_env["SECURE_SESSION_STORE"] = store
+    config = h.write_config([bot("secure")], [connector("main", h.server.url)])
+    worker = h.start_worker(config)
+    h.api.tokens["tok-disk"] = "dana"
+    h.send(event("s-disk", "m0", "tok-disk"))
+    h.wait_decisions("s-disk", 1)
+    h.stop_worker(worker)
+    h.start_worker(config)
+    h.send(event("s-disk", "m1", "tok-disk"))
+    assert [reason(o) for o in h.wait_decisions("s-disk", 2)] == ["validated", "cached"]
+    assert h.api.calls["tok-disk"] == 1
+    assert any((h.tmp / "data").rglob("*.sst")) or any((h.tmp / "data").rglob("*.log"))
