@@ -23,8 +23,8 @@ test: install
 
 ## make check: lint, format and types
 check: install
-	$(BIN)/ruff check worker tests
-	$(BIN)/ruff format --check worker tests
+	$(BIN)/ruff check worker tests bench
+	$(BIN)/ruff format --check worker tests bench
 	$(BIN)/mypy
 
 clean:

@@ -22,6 +22,9 @@ from worker.pipeline import Pipeline
 from worker.settings import Settings
 from worker.validators.auth import ConnectorAuth
 from worker.validators.baas import BaasValidator
+from worker.validators.calls import ConnectorCalls
+from worker.validators.circuit import CircuitBreaker
+from worker.validators.guard import Allowed, EndpointGuard
 from worker.validators.http import Http, new_client
 from worker.validators.introspection import IntrospectionValidator
 from worker.validators.jwt import JwtValidator
@@ -87,9 +90,17 @@ def create_app(
         backoff_s=settings.http_backoff_s,
         connect_timeout_s=settings.http_connect_timeout_s,
         max_concurrent=settings.max_concurrent_calls,
+        guard=EndpointGuard(
+            allow_insecure=settings.allow_insecure_endpoints,
+            allowlist=tuple(Allowed.parse(e) for e in settings.endpoint_allowlist),
+        ),
     )
     vault = Vault(settings.secrets_dir, settings.environ)
-    auth = ConnectorAuth(http, vault)
+    calls = ConnectorCalls(
+        http,
+        ConnectorAuth(http, vault),
+        CircuitBreaker(settings.circuit_failures, settings.circuit_cooldown_s),
+    )
 
     async def send(
         topic: str,
@@ -112,8 +123,8 @@ def create_app(
 
     pipeline = Pipeline(
         registry=registry,
-        baas=BaasValidator(http, vault, auth),
-        introspection=IntrospectionValidator(http, vault, auth),
+        baas=BaasValidator(calls, vault),
+        introspection=IntrospectionValidator(calls, vault),
         jwt=JwtValidator(vault),
         table=sessions,
         send=send,

@@ -53,6 +53,8 @@ class Settings:
     config_file: Path | None = None
     secrets_dir: Path | None = None
     allow_insecure_endpoints: bool = False
+    endpoint_allowlist: tuple[str, ...] = ()
+    """`scheme://host[:port]` entries connectors may call (empty: any public https host)."""
     partitions: int = 8
     replication_factor: int = 1
     data_dir: Path = Path("secure-session-data")
@@ -63,6 +65,9 @@ class Settings:
     http_retries: int = 2
     http_backoff_s: float = 0.2
     http_connect_timeout_s: float = 2.0
+    circuit_failures: int = 5
+    """Calls in a row without an answer after which a connector's circuit opens."""
+    circuit_cooldown_s: float = 10.0
     log_level: str = "info"
     store: str = "memory"
     """Session table store: `memory`, or `rocksdb` (on disk in data_dir; needs rocksdict)."""
@@ -94,6 +99,7 @@ class Settings:
             config_file=r.get("SECURE_SESSION_CONFIG", Path, None),
             secrets_dir=r.get("SECURE_SESSION_SECRETS_DIR", Path, None),
             allow_insecure_endpoints=r.get("SECURE_SESSION_ALLOW_INSECURE_ENDPOINTS", _bool, False),
+            endpoint_allowlist=r.get("SECURE_SESSION_ENDPOINT_ALLOWLIST", _allowlist, ()),
             partitions=r.get("SECURE_SESSION_PARTITIONS", _positive(int), d.partitions),
             replication_factor=r.get(
                 "SECURE_SESSION_REPLICATION_FACTOR", _positive(int), d.replication_factor
@@ -113,6 +119,12 @@ class Settings:
             ),
             http_connect_timeout_s=r.get(
                 "SECURE_SESSION_HTTP_CONNECT_TIMEOUT_S", _positive(float), d.http_connect_timeout_s
+            ),
+            circuit_failures=r.get(
+                "SECURE_SESSION_CIRCUIT_FAILURES", _positive(int), d.circuit_failures
+            ),
+            circuit_cooldown_s=r.get(
+                "SECURE_SESSION_CIRCUIT_COOLDOWN_S", _non_negative(float), d.circuit_cooldown_s
             ),
             log_level=r.get("SECURE_SESSION_LOG_LEVEL", _log_level, d.log_level),
             store=r.get("SECURE_SESSION_STORE", _store, d.store),
@@ -190,3 +202,12 @@ def _store(raw: str) -> str:
     if low not in ("memory", "rocksdb"):
         raise ValueError("expected memory or rocksdb")
     return low
+
+
+def _allowlist(raw: str) -> tuple[str, ...]:
+    from worker.validators.guard import Allowed
+
+    entries = tuple(e.strip() for e in raw.split(",") if e.strip())
+    for entry in entries:
+        Allowed.parse(entry)  # ValueError names the entry
+    return entries

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 import uuid
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -170,3 +171,43 @@ def test_restart_keeps_sessions_with_the_disk_store(harness: Harness, store: str
     assert [reason(o) for o in h.wait_decisions("s-disk", 2)] == ["validated", "cached"]
     assert h.api.calls["tok-disk"] == 1
     assert any((h.tmp / "data").rglob("*.sst")) or any((h.tmp / "data").rglob("*.log"))
+
+
+def test_endpoint_guard_refuses_plain_http_and_private_targets(harness: Harness) -> None:
+    h = harness
+    h.extra_env["SECURE_SESSION_ALLOW_INSECURE_ENDPOINTS"] = "0"
+    h.start_worker(h.write_config([bot("secure")], [connector("main", h.server.url)]))
+    h.api.tokens["tok-guard"] = "gus"
+    h.send(event("s-guard", "m0", "tok-guard"))
+    (out,) = h.wait_decisions("s-guard", 1)
+    assert out.doc is not None and out.doc["reason"] == "misconfigured"
+    assert "not https" in out.doc["detail"]
+    assert h.api.calls["tok-guard"] == 0  # nothing was sent
+
+
+def test_circuit_breaker_stops_calling_a_failing_api_and_recovers(harness: Harness) -> None:
+    h = harness
+    h.extra_env |= {
+        "SECURE_SESSION_CIRCUIT_FAILURES": "2",
+        "SECURE_SESSION_CIRCUIT_COOLDOWN_S": "1",
+        "SECURE_SESSION_HTTP_RETRIES": "0",
+    }
+    h.start_worker(h.write_config([bot("secure")], [connector("main", h.server.url)]))
+
+    def one(session: str, token: str) -> Any:
+        before = len(h.decisions(session))
+        h.send(event(session, f"m{before}", token))
+        return h.wait_decisions(session, before + 1)[-1]
+
+    for n in range(2):
+        h.api.script[f"tok-down-{n}"] = [503]
+        assert reason(one(f"s-down-{n}", f"tok-down-{n}")) == "authorization_unavailable"
+    h.api.tokens["tok-paused"] = "pia"
+    paused = one("s-paused", "tok-paused")
+    assert reason(paused) == "authorization_unavailable"
+    assert paused.doc is not None and "circuit open" in paused.doc["detail"]
+    assert h.api.calls["tok-paused"] == 0  # the failing API was not called
+    time.sleep(1.2)
+    h.api.tokens["tok-back"] = "bea"
+    assert reason(one("s-back", "tok-back")) == "validated"  # the trial call closes it
+    assert reason(one("s-paused", "tok-paused")) == "validated"

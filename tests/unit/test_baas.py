@@ -13,6 +13,8 @@ from worker.config import Connector, parse_connector
 from worker.events import parse_inbound
 from worker.validators.auth import ConnectorAuth
 from worker.validators.baas import BaasCall, BaasValidator
+from worker.validators.calls import ConnectorCalls
+from worker.validators.circuit import CircuitBreaker
 from worker.validators.http import Http
 from worker.vault import Vault
 
@@ -51,7 +53,9 @@ def validator(
         max_concurrent=4,
         sleep=no_sleep,
     )
-    return BaasValidator(http, vault, ConnectorAuth(http, vault))
+    return BaasValidator(
+        ConnectorCalls(http, ConnectorAuth(http, vault), CircuitBreaker(100, 1)), vault
+    )
 
 
 def prepare(v: BaasValidator, con: Connector, context: dict[str, Any]) -> BaasCall:

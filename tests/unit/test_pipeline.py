@@ -13,6 +13,8 @@ from worker.pipeline import Pipeline
 from worker.settings import Topics
 from worker.validators.auth import ConnectorAuth
 from worker.validators.baas import BaasValidator
+from worker.validators.calls import ConnectorCalls
+from worker.validators.circuit import CircuitBreaker
 from worker.validators.http import Http
 from worker.validators.introspection import IntrospectionValidator
 from worker.validators.jwt import JwtValidator
@@ -55,7 +57,7 @@ def make(gate: Gate, max_held: int = 100) -> tuple[Pipeline, list[tuple[str, Any
     client = httpx.AsyncClient(transport=httpx.MockTransport(gate.handler))
     vault = Vault(None, {})
     http = Http(client, retries=0, backoff_s=0, connect_timeout_s=1, max_concurrent=10)
-    auth = ConnectorAuth(http, vault)
+    calls = ConnectorCalls(http, ConnectorAuth(http, vault), CircuitBreaker(100, 1))
 
     async def send(topic: str, key: bytes | None, value: bytes, headers: Any = None) -> None:
         doc = orjson.loads(value)
@@ -63,8 +65,8 @@ def make(gate: Gate, max_held: int = 100) -> tuple[Pipeline, list[tuple[str, Any
 
     p = Pipeline(
         registry=registry,
-        baas=BaasValidator(http, vault, auth),
-        introspection=IntrospectionValidator(http, vault, auth),
+        baas=BaasValidator(calls, vault),
+        introspection=IntrospectionValidator(calls, vault),
         jwt=JwtValidator(vault),
         table={},
         send=send,

@@ -22,8 +22,8 @@ from worker.decide import Outcome, Validation
 from worker.errors import Misconfigured, Unavailable
 from worker.events import Inbound, fingerprint
 from worker.validators import Report
-from worker.validators.auth import ConnectorAuth
-from worker.validators.http import Answer, Http
+from worker.validators.calls import ConnectorCalls
+from worker.validators.http import Answer
 from worker.vault import Vault
 
 
@@ -58,15 +58,10 @@ class BaasValidator:
     """Prepares and performs BaaS calls."""
 
     def __init__(
-        self,
-        http: Http,
-        vault: Vault,
-        auth: ConnectorAuth,
-        clock: Callable[[], float] = time.time,
+        self, calls: ConnectorCalls, vault: Vault, clock: Callable[[], float] = time.time
     ) -> None:
-        self._http = http
+        self._calls = calls
         self._vault = vault
-        self._auth = auth
         self._clock = clock
 
     @staticmethod
@@ -75,11 +70,11 @@ class BaasValidator:
         values = tuple(m.input_path.get(event.context) for m in connector.mappings)
         return BaasCall(connector, values, _fingerprint(connector.alias, values))
 
-    async def build_request(self, call: BaasCall) -> httpx.Request:
-        """The HTTP request, secrets resolved; Misconfigured / Unavailable from auth."""
+    def build_request(self, call: BaasCall, auth: dict[str, str]) -> httpx.Request:
+        """The HTTP request, secrets resolved (SecretNotFound when one is missing)."""
         con = call.connector
         headers: dict[str, str] = self._vault.resolve_in(con.headers)
-        headers |= await self._auth.headers(con)
+        headers |= auth
         body: dict[str, Any] = self._vault.resolve_in(con.body)
         params: dict[str, str] = {}
         for mapping, value in zip(con.mappings, call.values, strict=True):
@@ -96,23 +91,21 @@ class BaasValidator:
         if con.method not in ("GET", "DELETE") or body:
             content = orjson.dumps(body)
             headers.setdefault("Content-Type", "application/json")
-        return self._http.client.build_request(
+        return self._calls.http.client.build_request(
             con.method, con.endpoint, headers=headers, params=params, content=content
         )
 
     async def validate(self, call: BaasCall) -> tuple[Validation, Report]:
         """Call the API (with retries) and say what it answered; never raises."""
         con = call.connector
-        read_body = con.identity_path is not None
+
+        async def build(auth: dict[str, str]) -> httpx.Request:
+            return self.build_request(call, auth)
+
         try:
-            answer = await self._http.call(
-                lambda: self.build_request(call), con.timeout_s, read_body=read_body
+            answer = await self._calls.call(
+                con, build, read_body=con.identity_path is not None, what="Authorization API"
             )
-            if answer.status == 401 and con.auth is not None and con.auth.type != "basic":
-                self._auth.invalidate(con)  # the access token may have been revoked: once more
-                answer = await self._http.call(
-                    lambda: self.build_request(call), con.timeout_s, read_body=read_body
-                )
         except Misconfigured as exc:
             return self._result(call, "misconfigured", str(exc), None)
         except Unavailable as exc:

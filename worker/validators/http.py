@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from worker.validators.guard import EndpointGuard
+
 
 def new_client(max_connections: int) -> httpx.AsyncClient:
     """The worker's one HTTP client: no redirects, a pool sized to the calls allowed at once."""
@@ -61,6 +63,7 @@ class Http:
         connect_timeout_s: float,
         max_concurrent: int,
         max_body_bytes: int = 64 * 1024,
+        guard: EndpointGuard | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -70,6 +73,7 @@ class Http:
         self._connect_timeout_s = connect_timeout_s
         self._slots = asyncio.Semaphore(max_concurrent)
         self._max_body = max_body_bytes
+        self._guard = guard
         self._clock = clock
         self._sleep = sleep
 
@@ -103,6 +107,8 @@ class Http:
         what: str,
     ) -> tuple[int | None, bytes | None, str]:
         request = await build()
+        if self._guard is not None:
+            await self._guard.check(request.url)  # Misconfigured: nothing is sent
         timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, self._connect_timeout_s))
         request.extensions["timeout"] = timeout.as_dict()
         async with self._slots:

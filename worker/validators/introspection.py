@@ -22,8 +22,8 @@ from worker.decide import Outcome, Validation
 from worker.errors import Misconfigured, Unavailable
 from worker.events import Inbound, fingerprint
 from worker.validators import NO_TOKEN, Report, token_at
-from worker.validators.auth import ConnectorAuth
-from worker.validators.http import Answer, Http
+from worker.validators.calls import ConnectorCalls
+from worker.validators.http import Answer
 from worker.vault import Vault
 
 
@@ -41,11 +41,10 @@ class IntrospectionCheck:
 
 class IntrospectionValidator:
     def __init__(
-        self, http: Http, vault: Vault, auth: ConnectorAuth, clock: Callable[[], float] = time.time
+        self, calls: ConnectorCalls, vault: Vault, clock: Callable[[], float] = time.time
     ) -> None:
-        self._http = http
+        self._calls = calls
         self._vault = vault
-        self._auth = auth
         self._clock = clock
 
     @staticmethod
@@ -63,19 +62,18 @@ class IntrospectionValidator:
             return self._result(check, "token_missing", f"no token at {bot.token_path.text}", None)
         token = check.token
 
-        async def build() -> httpx.Request:
+        async def build(auth: dict[str, str]) -> httpx.Request:
             headers: dict[str, str] = self._vault.resolve_in(con.headers)
-            headers |= await self._auth.headers(con)
+            headers |= auth
             headers["Accept"] = "application/json"
             form = {"token": token, "token_type_hint": "access_token"}
-            return self._http.client.build_request("POST", con.endpoint, data=form, headers=headers)
+            return self._calls.http.client.build_request(
+                "POST", con.endpoint, data=form, headers=headers
+            )
 
         what = "introspection endpoint"
         try:
-            answer = await self._http.call(build, con.timeout_s, read_body=True, what=what)
-            if answer.status == 401 and con.auth is not None and con.auth.type != "basic":
-                self._auth.invalidate(con)
-                answer = await self._http.call(build, con.timeout_s, read_body=True, what=what)
+            answer = await self._calls.call(con, build, read_body=True, what=what)
         except Misconfigured as exc:
             return self._result(check, "misconfigured", str(exc), None)
         except Unavailable as exc:
