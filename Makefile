@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: run test check install clean bench
+.PHONY: run test check install clean bench soak
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: install
 ## make test: unit and integration tests (starts tansu unless KAFKA_BOOTSTRAP_SERVERS is set)
 test: install
 	$(BIN)/python -m pytest
+
+## make soak: the fault-injection run alone; writes the RELIABILITY table of the README
+soak: install
+	SECURE_SESSION_UPDATE_README=1 $(BIN)/python -m pytest tests/soak -s
 
 ## make check: lint, format and types
 check: install

@@ -330,6 +330,26 @@ async def cached_path(b: Bench, sessions: int, messages: int) -> float:
         b.stop_worker(worker)
 
 
+async def scale_out(b: Bench, workers: int, sessions: int, messages: int) -> float:
+    """Cached-path throughput with `workers` processes in one consumer group."""
+    tag = f"scale{workers}"
+    t = b.topics(tag)
+    await b.create([t["inbound"], t["allowed"], t["blocked"], t["audit"]])
+    procs = [b.start_worker(tag, interval=3600) for _ in range(workers)]
+    try:
+        await asyncio.sleep(3 * workers)  # let the group settle before traffic
+        await b.produce(t["inbound"], workload(sessions, 1, "c"))
+        await b.drain([t["allowed"]], sessions)
+        records = workload(sessions, messages // sessions, "c")
+        producing = asyncio.create_task(b.produce(t["inbound"], records))
+        first, last = await b.drain([t["allowed"]], sessions + len(records))
+        await producing
+        return len(records) / (last - first)
+    finally:
+        for proc in procs:
+            b.stop_worker(proc)
+
+
 async def slow_api(b: Bench, sessions: int, per_session: int) -> dict[str, Any]:
     t = b.topics("slow")
     await b.create([t["inbound"], t["allowed"], t["blocked"], t["audit"]])
@@ -489,6 +509,15 @@ def table(r: dict[str, Any]) -> str:
             f"p99 {r['half_peak_p99_ms']:.1f} ms",
         ),
     ]
+    if "scale_1_workers_msgs_per_s" in r:
+        rows.append(
+            (
+                "scale-out, cached path, 1 / 2 / 3 workers",
+                " / ".join(f"{r[f'scale_{n}_workers_msgs_per_s']:,.0f}" for n in (1, 2, 3))
+                + " msg/s",
+                "one consumer group, one machine",
+            )
+        )
     if "rss_bytes_per_session" in r:
         rows += [
             (
@@ -561,6 +590,11 @@ async def main() -> None:
         if os.environ.get("BENCH_ONLY") == "state":
             print(json.dumps(await state_at_scale(bench, env_int("BENCH_STATE_SESSIONS", 10**6))))
             return
+        if os.environ.get("BENCH_ONLY") == "scale":
+            for n in (1, 2, 3):
+                rate = await scale_out(bench, n, 1000, env_int("BENCH_MESSAGES", 100_000))
+                print(f"{n} worker(s): {rate:,.0f} msg/s", flush=True)
+            return
         if os.environ.get("BENCH_ONLY") == "latency":
             r["p50_ms"], r["p99_ms"] = await latency(bench, 2000, 10, "lat2k")
             print(f"latency at 2,000 msg/s: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms")
@@ -591,6 +625,11 @@ async def main() -> None:
         r["half_peak_p50_ms"], r["half_peak_p99_ms"] = await latency(
             bench, r["half_peak_rate"], seconds, "lathalf"
         )
+        for n in (1, 2, 3):
+            print(f"scale-out, {n} worker(s)...", flush=True)
+            r[f"scale_{n}_workers_msgs_per_s"] = await scale_out(
+                bench, n, sessions, env_int("BENCH_MESSAGES", 100_000)
+            )
         state_sessions = env_int("BENCH_STATE_SESSIONS", 1_000_000)
         if state_sessions:
             print(f"{state_sessions:,} sessions in the table...", flush=True)

@@ -54,6 +54,6 @@ def harness(broker: Broker, tmp_path: Path) -> Iterator[Harness]:
     h = Harness(broker, tmp_path).start()
     try:
         yield h
+        h.assert_clean()
     finally:
         h.stop()
-    h.assert_clean()

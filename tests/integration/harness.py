@@ -7,6 +7,7 @@ one event loop in a background thread; tests are plain functions that wait on it
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import signal
@@ -81,6 +82,10 @@ class Harness:
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def run_async(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Start `coro` on the harness loop; returns at once."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def start(self) -> Harness:
         self.server = self.run(RunningAPI(self.api).start())
@@ -159,6 +164,22 @@ class Harness:
         ]
         for secret in (API_KEY, *secrets):
             assert not [t for t in texts if secret in t], "a secret or token leaked"
+        # every blocked message has its audit event (give the collector a moment to read them)
+        deadline = time.monotonic() + 5
+        while True:
+            audited = {
+                (a["sessionId"], a["messageId"]) for a in self.audits() if a["kind"] == "blocked"
+            }
+            blocked = [o.doc for o in list(self.outputs) if o.topic == "blocked" and o.doc]
+            missing = [
+                (b["sessionId"], b["messageId"])
+                for b in blocked
+                if (b["sessionId"], b["messageId"]) not in audited
+            ]
+            if not missing or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert not missing, f"blocked without an audit event: {missing[:5]}"
 
     # ------------------------------------------------------------------ config and workers
 

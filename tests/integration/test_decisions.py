@@ -39,9 +39,9 @@ def h(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harn
         )
         harness.start_worker(config)
         yield harness
+        harness.assert_clean()
     finally:
         harness.stop()
-    harness.assert_clean()
 
 
 def new_session(h: Harness, valid: bool = True) -> tuple[str, str]:
@@ -257,3 +257,16 @@ def test_a_slow_api_call_does_not_hold_up_other_sessions(h: Harness) -> None:
     assert fast_took < 1.5, f"other session took {fast_took:.2f} s"
     (out,) = h.wait_decisions(slow, 1)
     assert reason(out) == "validated"
+
+
+def test_colliding_session_ids_never_share_a_validation(h: Harness) -> None:
+    session, token = new_session(h)
+    h.send(event(session, "m0", token, bot="secure"))
+    h.wait_decisions(session, 1)
+    # the same session id and token on another bot of the organization: validated anew
+    h.send(event(session, "m1", token, bot="short"))
+    # and on another organization (which has no such bot): never let in
+    h.send(event(session, "m2", token, bot="secure", org="other"))
+    outs = h.wait_decisions(session, 3)
+    assert [reason(o) for o in outs] == ["validated", "validated", "unknown_bot"]
+    assert h.api.calls[token] == 2

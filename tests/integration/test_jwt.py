@@ -65,9 +65,9 @@ def h(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harn
         )
         harness.start_worker(config)
         yield harness
+        harness.assert_clean((KEY, NEW_KEY, *tokens))
     finally:
         harness.stop()
-    harness.assert_clean((KEY, NEW_KEY, *tokens))
 
 
 def tok(

@@ -37,7 +37,6 @@ def oauth(base: str, alias: str, **extra: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def h(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     harness = Harness(broker, tmp_path_factory.mktemp("flows")).start()
-    issued: set[str] = set()
     try:
         harness.api.clients["worker"] = CLIENT_SECRET
         (harness.secrets / "acme" / "client").write_text(CLIENT_SECRET)
@@ -84,10 +83,9 @@ def h(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harn
         )
         harness.start_worker(config)
         yield harness
-        issued = harness.api.access_tokens | harness.api.revoked
+        harness.assert_clean((CLIENT_SECRET, *harness.api.access_tokens, *harness.api.revoked))
     finally:
         harness.stop()
-    harness.assert_clean((CLIENT_SECRET, *issued))
 
 
 def user(h: Harness, identity: str = "alice") -> tuple[str, str]:
