@@ -1,6 +1,7 @@
 """Per-session ordering, one validation in flight per session, back-pressure, ordered acks.
 
-The agent hands every inbound record to `Pipeline.submit`. A record whose session is
+The consumer's drain loop (worker/faust_tuning.py) hands every inbound record to
+`Pipeline.submit`. A record whose session is
 being validated joins that session's lane and waits; every other record is decided at
 once. A validation runs as its own task, so a slow Authorization API holds up only the
 sessions that wait for it. When the call ends, its task decides the waiting records of
