@@ -416,6 +416,37 @@ async def latency(b: Bench, rate: float, seconds: float, tag: str) -> tuple[floa
     return (statistics.median(samples), samples[int(len(samples) * 0.99) - 1])
 
 
+async def hop_latency(b: Bench, rate: float, seconds: float) -> tuple[float, float]:
+    """The same steady load straight from producer to consumer, no worker: the broker's share."""
+    topic = "bench.hop"
+    await b.create([topic])
+    samples: list[float] = []
+
+    def measure(m: Any) -> None:
+        samples.append((time.time() - orjson.loads(m.value)["payload"]["sent"]) * 1000)
+
+    async def steady() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=b.bootstrap, linger_ms=0)
+        await producer.start()
+        try:
+            start = time.monotonic()
+            for n in range(int(rate * seconds)):
+                delay = start + n / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                s = f"h{n % 500}"
+                await producer.send(topic, event(s, n, "t", time.time()), key=s.encode())
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    sender = asyncio.create_task(steady())
+    await b.drain([topic], int(rate * seconds), on=measure)
+    await sender
+    samples.sort()
+    return (statistics.median(samples), samples[int(len(samples) * 0.99) - 1])
+
+
 async def state_at_scale(b: Bench, sessions: int) -> dict[str, Any]:
     """RSS per tracked session and the time to be ready with them in the table."""
     tag, app_id = "state", f"bench-state-{uuid.uuid4().hex[:6]}"
@@ -596,8 +627,13 @@ async def main() -> None:
                 print(f"{n} worker(s): {rate:,.0f} msg/s", flush=True)
             return
         if os.environ.get("BENCH_ONLY") == "latency":
+            r["hop_p50_ms"], r["hop_p99_ms"] = await hop_latency(bench, 2000, 10)
             r["p50_ms"], r["p99_ms"] = await latency(bench, 2000, 10, "lat2k")
-            print(f"latency at 2,000 msg/s: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms")
+            print(
+                f"at 2,000 msg/s: broker hop p50 {r['hop_p50_ms']:.1f} ms, p99 "
+                f"{r['hop_p99_ms']:.1f} ms; through the worker p50 {r['p50_ms']:.1f} ms, "
+                f"p99 {r['p99_ms']:.1f} ms"
+            )
             return
         messages = env_int("BENCH_MESSAGES", 100_000)
         sessions = env_int("BENCH_SESSIONS", 1000)
@@ -619,6 +655,7 @@ async def main() -> None:
         r["slow_ratio"] = r["slow_msgs_per_s"] / r["cached_msgs_per_s"]
         seconds = env_int("BENCH_LATENCY_SECONDS", 10)
         print("latency at 2,000 msg/s...", flush=True)
+        r["hop_p50_ms"], r["hop_p99_ms"] = await hop_latency(bench, 2000, seconds)
         r["p50_ms"], r["p99_ms"] = await latency(bench, 2000, seconds, "lat2k")
         r["half_peak_rate"] = round(r["cached_msgs_per_s"] / 2)
         print(f"latency at {r['half_peak_rate']} msg/s...", flush=True)
