@@ -6,14 +6,17 @@ import asyncio
 import contextlib
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import BinaryIO, NoReturn
+from typing import BinaryIO, NoReturn, TypeVar
 
 import click
 
 from worker.errors import ConfigError, SecureSessionError
 from worker.settings import Settings
 from worker.vault import Vault
+
+T = TypeVar("T")
 
 
 def _fail(message: str) -> NoReturn:
@@ -59,10 +62,13 @@ def worker() -> None:
         registry = Registry.from_file(config, key_checker(vault_of(settings)))
     except ConfigError as exc:
         _fail(f"configuration refused: {exc}")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="[%(asctime)s] [%(levelname)s] %(message)s"
+    )
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        partitions = loop.run_until_complete(ensure_topics(settings))
+        partitions = loop.run_until_complete(_when_reachable(settings, ensure_topics))
     except SecureSessionError as exc:
         _fail(str(exc))
     app = create_app(settings, partitions=partitions, registry=registry)
@@ -74,6 +80,26 @@ def worker() -> None:
 
     app.on_startup_finished = _quiet_root
     w.execute_from_commandline()
+
+
+async def _when_reachable(settings: Settings, setup: Callable[[Settings], Awaitable[T]]) -> T:
+    """Run `setup` once the broker answers: a worker may start before its broker."""
+    from aiokafka.errors import KafkaConnectionError, KafkaError
+
+    log = logging.getLogger("worker.cli")
+    delay = 1.0
+    while True:
+        try:
+            return await setup(settings)
+        except (KafkaConnectionError, KafkaError, OSError) as exc:
+            log.warning(
+                "Kafka at %s is not reachable (%s); retrying in %.0f s",
+                settings.bootstrap_servers,
+                exc.__class__.__name__,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 @main.group()
