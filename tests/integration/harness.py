@@ -240,10 +240,11 @@ class Harness:
         self._stop_worker(proc)
         self.workers.remove(proc)
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """`secure-session ARGS` as a user runs it, with this harness's environment."""
         return subprocess.run(
             [sys.executable, "-m", "worker", *args],
-            env=self.env(),
+            env=self.env(config),
             capture_output=True,
             text=True,
             timeout=60,

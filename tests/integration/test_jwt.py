@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -149,27 +147,20 @@ def test_key_rotation_accepts_old_and_new_kids(h: Harness) -> None:
 
 
 def test_token_mint_command_makes_a_token_the_worker_accepts(h: Harness) -> None:
-    minted = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "worker",
-            "token",
-            "mint",
-            "--issuer",
-            "copilot-1",
-            "--identity",
-            "dora",
-            "--secret-ref",
-            "srn:vault::acme:secret:jwt-key",
-            "--ttl",
-            "60",
-        ],
-        env=h.env(),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    done = h.cli(
+        "token",
+        "mint",
+        "--issuer",
+        "copilot-1",
+        "--identity",
+        "dora",
+        "--secret-ref",
+        "srn:vault::acme:secret:jwt-key",
+        "--ttl",
+        "60",
+    )
+    assert done.returncode == 0, done.stderr
+    minted = done.stdout.strip()
     h.minted.append(minted)  # type: ignore[attr-defined]
     (out,) = send(h, minted)
     assert reason(out) == "validated" and out.headers["secure-session-identity"] == b"dora"
@@ -178,14 +169,7 @@ def test_token_mint_command_makes_a_token_the_worker_accepts(h: Harness) -> None
 def test_short_key_refuses_the_config_naming_file_and_field(h: Harness) -> None:
     (h.secrets / "acme" / "short").write_text("too-short")
     path = h.write_config([jwt_bot("x", SecretRef="srn:vault::acme:secret:short")], [])
-    proc = subprocess.run(
-        [sys.executable, "-m", "worker", "worker"],
-        env=h.env(path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = h.cli("worker", config=path)
     assert proc.returncode == 2
     assert f"{path}: bots[0]: SecureSessionConfig.SecretRef" in proc.stderr
     assert "shorter than 32 bytes" in proc.stderr

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import uuid
 from typing import Any
@@ -96,14 +94,7 @@ def test_invalid_config_file_is_refused_with_file_field_and_why(harness: Harness
     b = bot("x")
     b["SecureSessionConfig"]["ValidationInterval"] = -5
     path = h.write_config([b], [connector("main", h.server.url)])
-    proc = subprocess.run(
-        [sys.executable, "-m", "worker", "worker"],
-        env=h.env(path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = h.cli("worker", config=path)
     assert proc.returncode == 2
     assert str(path) in proc.stderr
     assert "bots[0]" in proc.stderr and "SecureSessionConfig.ValidationInterval" in proc.stderr

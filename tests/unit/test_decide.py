@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
+from typing import get_args
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.decide import VALIDATE, Decision, SessionState, Validation, decide, state_after, verdict
+from worker.decide import (
+    VALIDATE,
+    Decision,
+    Outcome,
+    SessionState,
+    Validation,
+    decide,
+    state_after,
+    verdict,
+)
 
 FP = "sha256:0123456789abcdef"
 OTHER = "sha256:fedcba9876543210"
-outcomes = st.sampled_from(
-    [
-        "allowed",
-        "denied",
-        "unavailable",
-        "misconfigured",
-        "token_missing",
-        "token_invalid",
-        "token_expired",
-        "token_revoked",
-    ]
-)
+outcomes = st.sampled_from(get_args(Outcome))
 states = st.builds(
     SessionState,
     validated_at_ms=st.integers(0, 10**13),
