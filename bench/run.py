@@ -130,6 +130,7 @@ class Bench:
             "SECURE_SESSION_MAX_CONCURRENT_CALLS": "200",
             "SECURE_SESSION_MAX_HELD_MESSAGES": "50000",
             "SECURE_SESSION_ALLOW_INSECURE_ENDPOINTS": "1",
+            "SECURE_SESSION_WEB_ENABLED": "0",
             **{f"SECURE_SESSION_TOPIC_{k.upper()}": v for k, v in topics.items()},
         }
         if self.embedded:

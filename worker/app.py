@@ -18,6 +18,7 @@ from worker import faust_tuning
 from worker.config import Registry
 from worker.expiry import sweep
 from worker.kafka import follow_config
+from worker.metrics import Metrics
 from worker.pipeline import Pipeline
 from worker.settings import Settings
 from worker.validators.auth import ConnectorAuth
@@ -48,8 +49,7 @@ def faust_settings(settings: Settings, partitions: int) -> dict[str, Any]:
         "topic_partitions": partitions,
         "topic_replication_factor": settings.replication_factor,
         "datadir": str(settings.data_dir),
-        "web_enabled": settings.web_enabled,
-        "web_port": settings.web_port,
+        "web_enabled": False,  # the worker serves /metrics and health itself (metrics.py)
         "consumer_auto_offset_reset": "earliest",
         # records held for a validation are finished (not dropped) on rebalance and stop
         "stream_wait_empty": True,
@@ -130,6 +130,7 @@ def create_app(
         send=send,
         topics=t,
         max_held=settings.max_held_messages,
+        metrics=Metrics(),
         run_as=lambda origin, fn, *args: faust_tuning.run_as_current(app, origin, fn, *args),
     )
     config_ready = asyncio.Event()
@@ -171,4 +172,5 @@ def create_app(
             log.info("expired %d idle sessions", expired)
 
     app.pipeline = pipeline  # type: ignore[attr-defined]
+    app.ready = config_ready.is_set  # type: ignore[attr-defined]
     return app

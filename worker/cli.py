@@ -72,6 +72,11 @@ def worker() -> None:
     except SecureSessionError as exc:
         _fail(str(exc))
     app = create_app(settings, partitions=partitions, registry=registry)
+    if settings.web_enabled:
+        from worker.metrics import serve
+
+        metrics, ready = app.pipeline.metrics, app.ready  # type: ignore[attr-defined]
+        loop.run_until_complete(serve(metrics, ready, settings.web_port))
     w = faust.Worker(app, loglevel=settings.log_level, quiet=True, loop=loop)
 
     async def _quiet_root() -> None:

@@ -21,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from worker.config import Bot, Registry
@@ -40,6 +40,7 @@ from worker.events import (
     parse_inbound,
     redacted_event,
 )
+from worker.metrics import Metrics
 from worker.settings import Topics
 from worker.validators import Check, RemoteValidator, Report
 from worker.validators.baas import BaasValidator
@@ -79,18 +80,6 @@ class _Record:
     done: bool = False
 
 
-@dataclass(slots=True)
-class Stats:
-    """Counters for metrics and the dev view."""
-
-    decisions: Counter[str] = field(default_factory=Counter)
-    calls: int = 0
-
-    @property
-    def total(self) -> int:
-        return sum(self.decisions.values())
-
-
 class Pipeline:
     """Decides inbound records; see the module docstring."""
 
@@ -105,6 +94,7 @@ class Pipeline:
         send: Send,
         topics: Topics,
         max_held: int,
+        metrics: Metrics,
         run_as: RunAs = lambda _origin, fn, *args: fn(*args),
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -123,7 +113,7 @@ class Pipeline:
         self._room = asyncio.Event()
         self._room.set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self.stats = Stats()
+        self.metrics = metrics
 
     @property
     def held(self) -> int:
@@ -155,6 +145,7 @@ class Pipeline:
             return
         lane.append(record)
         self._held += 1
+        self.metrics.held.inc()
         if self._held >= self._max_held:
             self._room.clear()
             log.warning("%d records wait for validations: pausing intake", self._held)
@@ -235,7 +226,12 @@ class Pipeline:
     ) -> None:
         """Record a validation: state, audit event, and the decision of its message."""
         assert record.event is not None
-        self.stats.calls += 1
+        self.metrics.validated(
+            report.type,
+            report.connector or "",
+            result.outcome,
+            report.latency_ms / 1000,
+        )
         new_state = state_after(result)
         key = record.event.state_key
         if new_state is not None and new_state.identity is not None:
@@ -270,6 +266,7 @@ class Pipeline:
         while lane:
             record = lane.popleft()
             self._held -= 1
+            self.metrics.held.dec()
             if self._held < self._max_held and not self._room.is_set():
                 self._room.set()
             assert record.event is not None
@@ -284,7 +281,7 @@ class Pipeline:
         assert event is not None
         self._run_as(record.origin, self._table.pop, event.state_key, None)
         now_ms = self._now_ms()
-        self.stats.decisions["session_ended"] += 1
+        self.metrics.decided("session_ended", event.bot)
         await self._send(
             self._topics.audit,
             _out_key(record),
@@ -306,7 +303,7 @@ class Pipeline:
 
     async def _allow(self, record: _Record, decision: Decision) -> None:
         assert record.value is not None
-        self.stats.decisions[decision.reason] += 1
+        self.metrics.decided(decision.reason, record.event.bot if record.event else "")
         headers = allowed_headers(decision.reason, decision.validated_at_ms, decision.identity)
         await self._send(self._topics.allowed, _out_key(record), record.value, headers)
         self._done(record)
@@ -319,7 +316,7 @@ class Pipeline:
         detail: str,
         redact: Callable[[dict[str, Any]], None] | None,
     ) -> None:
-        self.stats.decisions[reason] += 1
+        self.metrics.decided(reason, record.event.bot if record.event else "")
         who = Who.of(record.event)
         now_ms = self._now_ms()
         event = redacted_event(record.value, redact)

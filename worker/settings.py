@@ -58,7 +58,7 @@ class Settings:
     partitions: int = 8
     replication_factor: int = 1
     data_dir: Path = Path("secure-session-data")
-    web_enabled: bool = False
+    web_enabled: bool = True
     web_port: int = 6066
     max_held_messages: int = 10_000
     max_concurrent_calls: int = 100

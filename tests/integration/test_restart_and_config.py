@@ -7,12 +7,14 @@ import time
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 
 from tests.integration.conftest import bot, connector
 from tests.integration.harness import Harness, event, reason
 from worker.demo.authapi import AuthorizationAPI, RunningAPI
+from worker.demo.broker import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -202,3 +204,26 @@ def test_circuit_breaker_stops_calling_a_failing_api_and_recovers(harness: Harne
     h.api.tokens["tok-back"] = "bea"
     assert reason(one("s-back", "tok-back")) == "validated"  # the trial call closes it
     assert reason(one("s-paused", "tok-paused")) == "validated"
+
+
+def test_metrics_and_health_endpoints(harness: Harness) -> None:
+    h = harness
+    port = free_port()
+    h.extra_env |= {"SECURE_SESSION_WEB_ENABLED": "1", "SECURE_SESSION_WEB_PORT": str(port)}
+    h.start_worker(h.write_config([bot("secure")], [connector("main", h.server.url)]))
+    h.api.tokens["tok-m"] = "mia"
+    h.send(*[event("s-m", f"m{i}", "tok-m") for i in range(3)], event("s-x", "x", bot="nobody"))
+    h.wait_decisions("s-m", 3)
+    h.wait_decisions("s-x", 1)
+    base = f"http://127.0.0.1:{port}"
+    assert httpx.get(f"{base}/healthz").status_code == 200
+    assert httpx.get(f"{base}/readyz").json() == {"ready": True}
+    text = httpx.get(f"{base}/metrics").text
+    assert 'secure_session_decisions_total{bot="secure",reason="validated"} 1.0' in text
+    assert 'secure_session_decisions_total{bot="secure",reason="cached"} 2.0' in text
+    assert 'secure_session_decisions_total{bot="nobody",reason="unknown_bot"} 1.0' in text
+    assert (
+        'secure_session_validations_total{connector="main",outcome="allowed",type="baas"} 1.0'
+        in text
+    )
+    assert "secure_session_validation_seconds_bucket" in text

@@ -1,0 +1,105 @@
+"""Prometheus metrics, and the small HTTP server for them and for health checks.
+
+`GET /metrics` (Prometheus text format), `GET /healthz` (the process serves requests),
+`GET /readyz` (200 once the session table is recovered and the configuration topics are
+read, 503 before). Served by aiohttp (Faust's own dependency) on the worker's event loop.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable, Iterator
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+log = logging.getLogger(__name__)
+
+
+class Metrics:
+    """The worker's metrics, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        # counted in a plain dict on the hot path, exported when scraped (no lock per message)
+        self._decisions: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.registry.register(_Decisions(self._decisions))
+        self._validations = Counter(
+            "secure_session_validations",
+            "Validations made, by type, connector and outcome",
+            ["type", "connector", "outcome"],
+            registry=self.registry,
+        )
+        self._latency = Histogram(
+            "secure_session_validation_seconds",
+            "Time a validation took (all attempts), by type and connector",
+            ["type", "connector"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.held = Gauge(
+            "secure_session_held_messages",
+            "Messages waiting for a validation in flight",
+            registry=self.registry,
+        )
+
+    def decided(self, reason: str, bot: str) -> None:
+        self._decisions[(reason, bot)] += 1
+
+    def validated(self, kind: str, connector: str, outcome: str, seconds: float) -> None:
+        self._validations.labels(kind, connector, outcome).inc()
+        self._latency.labels(kind, connector).observe(seconds)
+
+    def count(self, reason: str) -> float:
+        """Decisions with `reason`, all bots (for tests and the dev view)."""
+        return sum(n for (r, _), n in self._decisions.items() if r == reason)
+
+
+class _Decisions(Collector):
+    def __init__(self, counts: collections.Counter[tuple[str, str]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "secure_session_decisions",
+            "Messages decided, by reason and bot (cached = allowed from state, no call)",
+            labels=["reason", "bot"],
+        )
+        for (reason, bot), n in list(self._counts.items()):
+            family.add_metric([reason, bot], n)
+        yield family
+
+
+async def serve(metrics: Metrics, ready: Callable[[], bool], port: int) -> web.AppRunner | None:
+    """Start the server; None (and an error logged) when the port cannot be used."""
+
+    async def scrape(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        ok = ready()
+        return web.json_response({"ready": ok}, status=200 if ok else 503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", scrape)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "0.0.0.0", port).start()  # noqa: S104 - a service port
+    except OSError as exc:
+        log.error("metrics and health server not started: port %d: %s", port, exc)
+        await runner.cleanup()
+        return None
+    log.info("metrics on :%d/metrics, health on /healthz and /readyz", port)
+    return runner
