@@ -536,6 +536,11 @@ def table(r: dict[str, Any]) -> str:
             f"p99 {r['p99_ms']:.1f} ms (target < 20)",
         ),
         (
+            "same load, producer to consumer, no worker",
+            f"p50 {r.get('hop_p50_ms', 0):.1f} ms",
+            f"p99 {r.get('hop_p99_ms', 0):.1f} ms (the broker and load generator's share)",
+        ),
+        (
             f"latency at half of peak ({r['half_peak_rate']:,.0f} msg/s)",
             f"p50 {r['half_peak_p50_ms']:.1f} ms",
             f"p99 {r['half_peak_p99_ms']:.1f} ms",
