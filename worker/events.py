@@ -36,6 +36,8 @@ Reason = Literal[
 AuditKind = Literal["validation", "blocked", "session_ended"]
 
 _REQUIRED = ("id", "organization", "bot", "sessionId")
+MAX_ECHO_BYTES = 256 * 1024
+"""Inbound values larger than this are not copied into blocked records."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +113,14 @@ def redacted_event(
 
     `redact` hides the credentials the bot's config reads; None means they are unknown
     (no bot, no connector), and then every string in `context` is fingerprinted.
-    Unparseable input comes back as `{"raw": text}` or `{"rawBase64": …}`.
+    Unparseable input comes back as `{"raw": text}` or `{"rawBase64": …}`. An event larger
+    than `MAX_ECHO_BYTES` is not echoed (`{"truncated": true, "bytes": n}`): a blocked
+    record must fit where the inbound one did, and a prefix could cut a credential.
     """
     if raw is None:
         return {"raw": ""}
+    if len(raw) > MAX_ECHO_BYTES:
+        return {"truncated": True, "bytes": len(raw)}
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:

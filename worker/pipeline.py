@@ -95,6 +95,7 @@ class Pipeline:
         topics: Topics,
         max_held: int,
         metrics: Metrics,
+        max_record_bytes: int = 1_000_000,
         run_as: RunAs = lambda _origin, fn, *args: fn(*args),
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -105,6 +106,7 @@ class Pipeline:
         self._send = send
         self._topics = topics
         self._max_held = max_held
+        self._max_record_bytes = max_record_bytes
         self._run_as = run_as
         self._clock = clock
         self._lanes: dict[bytes, deque[_Record]] = {}
@@ -303,6 +305,11 @@ class Pipeline:
 
     async def _allow(self, record: _Record, decision: Decision) -> None:
         assert record.value is not None
+        if len(record.value) > self._max_record_bytes:
+            # the record plus its headers would not fit the producer's request: never crash
+            detail = f"{len(record.value)} bytes: too large to forward with decision headers"
+            await self._block(record, None, "invalid_event", detail, None)
+            return
         self.metrics.decided(decision.reason, record.event.bot if record.event else "")
         headers = allowed_headers(decision.reason, decision.validated_at_ms, decision.identity)
         await self._send(self._topics.allowed, _out_key(record), record.value, headers)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from tests.conftest import Broker
 from tests.integration.conftest import bot, connector
@@ -276,3 +277,32 @@ def test_colliding_session_ids_never_share_a_validation(h: Harness) -> None:
         "unknown_bot",
     ]
     assert h.api.calls[token] == 2
+
+
+def test_oversized_and_deeply_nested_records(h: Harness) -> None:
+    s, tok = new_session(h)
+    big = event(s, "big", tok, payload={"text": "x" * 900_000})
+    huge = event(s, "huge", tok, payload={"text": "y" * 1_100_000})
+    deep_key = f"deep-{uuid.uuid4().hex[:6]}"
+
+    async def send_large() -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=h.broker.bootstrap, max_request_size=2_000_000
+        )
+        await producer.start()
+        try:
+            for ev in (big, huge):
+                await producer.send_and_wait(h.topics["inbound"], orjson.dumps(ev), key=s.encode())
+            await producer.send_and_wait(h.topics["inbound"], b"[" * 100_000, key=deep_key.encode())
+        finally:
+            await producer.stop()
+
+    h.run(send_large())
+    outs = h.wait_decisions(s, 2, timeout=60)
+    by_id = {o.doc["messageId"] if o.doc else orjson.loads(o.value)["id"]: o for o in outs}
+    assert by_id["big"].topic == "allowed" and by_id["big"].value == orjson.dumps(big)
+    too_big = by_id["huge"].doc
+    assert too_big is not None and too_big["reason"] == "invalid_event"
+    assert too_big["event"] == {"truncated": True, "bytes": len(orjson.dumps(huge))}
+    (deep,) = h.wait_decisions(deep_key, 1)
+    assert deep.doc is not None and deep.doc["reason"] == "invalid_event"
