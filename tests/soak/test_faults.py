@@ -33,6 +33,7 @@ PER_SESSION = int(os.environ.get("SOAK_PER_SESSION", 50))
 README = Path(__file__).parents[2] / "README.md"
 
 
+@pytest.mark.timeout(600)  # three workers, 51,000 messages, a rebalance after a kill -9
 def test_kill_stop_restart_in_a_consumer_group(broker: Broker, tmp_path: Path) -> None:
     h = Harness(broker, tmp_path).start()
     try:
