@@ -42,10 +42,10 @@ from worker.events import (
 )
 from worker.metrics import Metrics
 from worker.settings import Topics
-from worker.validators import Check, RemoteValidator, Report
+from worker.validators import Check, RemoteValidator, Report, TokenCheck
 from worker.validators.baas import BaasValidator
 from worker.validators.introspection import IntrospectionValidator
-from worker.validators.jwt import JwtValidator, TokenCheck
+from worker.validators.jwt import JwtValidator
 
 log = logging.getLogger(__name__)
 

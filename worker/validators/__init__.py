@@ -10,8 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from worker.config import Bot
+from worker.events import fingerprint
+
 if TYPE_CHECKING:
-    from worker.config import Bot, Connector
+    from worker.config import Connector
     from worker.decide import Validation
     from worker.events import Inbound
 
@@ -60,6 +63,19 @@ class RemoteValidator(Protocol):
     def prepare(self, bot: Bot, connector: Connector, event: Inbound) -> Check: ...
 
     async def validate(self, check: Any) -> tuple[Validation, Report]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCheck:
+    """The token a message presents (None: no token)."""
+
+    bot: Bot
+    token: str | None
+    fingerprint: str
+
+    def redact(self, event: dict[str, Any]) -> None:
+        if self.bot.token_path is not None:
+            self.bot.token_path.replace(event, fingerprint)
 
 
 def token_at(bot: Bot, event: Inbound) -> str | None:

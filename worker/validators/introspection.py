@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import orjson
@@ -21,22 +20,17 @@ from worker.config import Bot, Connector
 from worker.decide import Outcome, Validation
 from worker.errors import Misconfigured, Unavailable
 from worker.events import Inbound, fingerprint
-from worker.validators import NO_TOKEN, Report, token_at
+from worker.validators import NO_TOKEN, Report, TokenCheck, token_at
 from worker.validators.calls import ConnectorCalls
 from worker.validators.http import Answer
 from worker.vault import Vault
 
 
 @dataclass(frozen=True, slots=True)
-class IntrospectionCheck:
-    bot: Bot
-    connector: Connector
-    token: str | None
-    fingerprint: str
+class IntrospectionCheck(TokenCheck):
+    """The token a message presents, and the connector that introspects it."""
 
-    def redact(self, event: dict[str, Any]) -> None:
-        if self.bot.token_path is not None:
-            self.bot.token_path.replace(event, fingerprint)
+    connector: Connector
 
 
 class IntrospectionValidator:
@@ -50,7 +44,8 @@ class IntrospectionValidator:
     @staticmethod
     def prepare(bot: Bot, connector: Connector, event: Inbound) -> IntrospectionCheck:
         token = token_at(bot, event)
-        return IntrospectionCheck(bot, connector, token, fingerprint(token) if token else NO_TOKEN)
+        fp = fingerprint(token) if token else NO_TOKEN
+        return IntrospectionCheck(bot, token, fp, connector)
 
     async def validate(self, check: IntrospectionCheck) -> tuple[Validation, Report]:
         """Ask the endpoint; never raises."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import jwt
@@ -19,24 +18,11 @@ from worker.config import Bot
 from worker.decide import Outcome, Validation
 from worker.errors import ConfigError, Misconfigured
 from worker.events import Inbound, fingerprint
-from worker.validators import NO_TOKEN, Report, token_at
+from worker.validators import NO_TOKEN, Report, TokenCheck, token_at
 from worker.vault import Vault
 
 ALGORITHMS = ["HS256"]
 MIN_KEY_BYTES = 32
-
-
-@dataclass(frozen=True, slots=True)
-class TokenCheck:
-    """The token a message presents (None: no token)."""
-
-    bot: Bot
-    token: str | None
-    fingerprint: str
-
-    def redact(self, event: dict[str, Any]) -> None:
-        if self.bot.token_path is not None:
-            self.bot.token_path.replace(event, fingerprint)
 
 
 def signing_key(vault: Vault, ref: str) -> bytes:
