@@ -51,9 +51,20 @@ def faust_settings(settings: Settings, partitions: int) -> dict[str, Any]:
         "datadir": str(settings.data_dir),
         "web_enabled": False,  # the worker serves /metrics and health itself (metrics.py)
         "consumer_auto_offset_reset": "earliest",
+        "topic_allow_declare": settings.create_topics,
         # records held for a validation are finished (not dropped) on rebalance and stop
         "stream_wait_empty": True,
     }
+    sec = settings.security
+    if sec.sasl:
+        conf["broker_credentials"] = faust.SASLCredentials(
+            username=sec.sasl_username,
+            password=sec.sasl_password,
+            ssl_context=sec.ssl_context(),
+            mechanism=sec.sasl_mechanism,
+        )
+    elif sec.tls:
+        conf["broker_credentials"] = faust.SSLCredentials(sec.ssl_context())
     k = settings.kafka
     if k.session_timeout_s is not None:
         conf["broker_session_timeout"] = k.session_timeout_s
@@ -96,11 +107,8 @@ def create_app(
         ),
     )
     vault = Vault(settings.secrets_dir, settings.environ)
-    calls = ConnectorCalls(
-        http,
-        ConnectorAuth(http, vault),
-        CircuitBreaker(settings.circuit_failures, settings.circuit_cooldown_s),
-    )
+    breaker = CircuitBreaker(settings.circuit_failures, settings.circuit_cooldown_s)
+    calls = ConnectorCalls(http, ConnectorAuth(http, vault), breaker)
 
     async def send(
         topic: str,
@@ -132,6 +140,9 @@ def create_app(
         max_held=settings.max_held_messages,
         metrics=Metrics(),
         run_as=lambda origin, fn, *args: faust_tuning.run_as_current(app, origin, fn, *args),
+    )
+    pipeline.metrics.watch(
+        circuits=breaker.open_states, lag=lambda: faust_tuning.lag(app, t.inbound)
     )
     config_ready = asyncio.Event()
 

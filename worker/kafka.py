@@ -17,6 +17,11 @@ from worker.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Where and how aiokafka clients connect: bootstrap servers, TLS, SASL."""
+    return {"bootstrap_servers": settings.bootstrap_servers, **settings.security.client_options()}
+
+
 async def ensure_topics(settings: Settings) -> dict[str, int]:
     """Create the topics that are missing; return the data topics' partition counts.
 
@@ -25,7 +30,7 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
     """
     t = settings.topics
     data = (t.inbound, t.allowed, t.blocked, t.audit)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers)
+    admin = AIOKafkaAdminClient(**client_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -36,22 +41,49 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
         inbound = counts.get(t.inbound, settings.partitions)
         rf = settings.replication_factor
         wanted = [NewTopic(name, inbound, rf) for name in data]
-        wanted += [
-            NewTopic(name, 1, rf, topic_configs={"cleanup.policy": "compact"})
-            for name in (t.bots, t.connectors)
-        ]
+        compact = {"cleanup.policy": "compact"}
+        wanted += [NewTopic(name, 1, rf, topic_configs=compact) for name in (t.bots, t.connectors)]
+        # Faust's own: the session table's changelog and its group-leader topic
+        wanted.append(NewTopic(changelog_topic(settings), inbound, rf, topic_configs=compact))
+        wanted.append(NewTopic(f"{settings.app_id}-__assignor-__leader", 1, rf))
         missing = [nt for nt in wanted if nt.name not in existing]
+        if missing and not settings.create_topics:
+            raise TopicSetupError(_missing_topics(missing, "SECURE_SESSION_CREATE_TOPICS is off"))
         if missing:
             log.info("creating topics: %s", ", ".join(nt.name for nt in missing))
             response = await admin.create_topics(missing)
+            refused = []
             for name, code, *rest in response.topic_errors:
                 # 36: TOPIC_ALREADY_EXISTS (another worker was first)
                 if code not in (0, 36):
-                    why = rest[0] if rest and rest[0] else f"error code {code}"
-                    raise TopicSetupError(f"cannot create topic {name!r}: {why}")
+                    refused.append(f"{name}: {rest[0] if rest and rest[0] else f'code {code}'}")
+            if refused:
+                why = "the broker refused (" + "; ".join(refused) + ")"
+                raise TopicSetupError(_missing_topics(missing, why))
         return {name: counts.get(name, inbound) for name in data}
     finally:
         await admin.close()
+
+
+def changelog_topic(settings: Settings) -> str:
+    """The session table's changelog (Faust's name for table `sessions`)."""
+    return f"{settings.app_id}-sessions-changelog"
+
+
+def _missing_topics(missing: list[NewTopic], why: str) -> str:
+    """What to create, and how, when the worker may not create its topics itself."""
+    lines = [f"{len(missing)} topics missing and not created: {why}. Create them with:"]
+    for nt in missing:
+        config = "".join(f" --config {k}={v}" for k, v in (nt.topic_configs or {}).items())
+        lines.append(
+            f"  kafka-topics.sh --create --topic {nt.name} --partitions {nt.num_partitions}"
+            f" --replication-factor {nt.replication_factor}{config}"
+        )
+    lines.append(
+        "and give the worker's principal Read/Write on them, Read on its group, and Create on"
+        " its changelog topics (or set SECURE_SESSION_CREATE_TOPICS=1 with Create on the cluster)."
+    )
+    return "\n".join(lines)
 
 
 async def follow_config(settings: Settings, registry: Registry, ready: asyncio.Event) -> None:
@@ -59,7 +91,7 @@ async def follow_config(settings: Settings, registry: Registry, ready: asyncio.E
     t = settings.topics
     kinds: dict[str, Literal["bot", "connector"]] = {t.bots: "bot", t.connectors: "connector"}
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
+        **client_options(settings),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -111,7 +143,7 @@ async def publish_config(settings: Settings, config: ConfigFile) -> int:
 
 async def publish(settings: Settings, records: list[tuple[str, str, bytes | None]]) -> None:
     """Send (topic, key, value) records one at a time (value None: a tombstone)."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers)
+    producer = AIOKafkaProducer(**client_options(settings))
     await producer.start()
     try:
         for topic, key, value in records:

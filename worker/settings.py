@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,64 @@ class KafkaTuning:
     """How long a fetch may wait for data (Kafka's default; Faust alone would use 1500)."""
 
 
+PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSecurity:
+    """How the worker's Kafka clients authenticate and encrypt (Kafka's own option names).
+
+    TLS (`SSL`, `SASL_SSL`) verifies the broker against `ssl_cafile` (or the system's CAs);
+    `ssl_certfile` + `ssl_keyfile` add a client certificate (mutual TLS).
+    """
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_key_password: str | None = field(default=None, repr=False)
+    ssl_check_hostname: bool = True
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context for the broker connection (None without TLS)."""
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(
+            cafile=None if self.ssl_cafile is None else str(self.ssl_cafile)
+        )
+        context.check_hostname = self.ssl_check_hostname
+        if self.ssl_certfile is not None:
+            context.load_cert_chain(
+                str(self.ssl_certfile),
+                None if self.ssl_keyfile is None else str(self.ssl_keyfile),
+                self.ssl_key_password,
+            )
+        return context
+
+    def client_options(self) -> dict[str, object]:
+        """Keyword arguments for aiokafka's producer, consumer and admin client."""
+        options: dict[str, object] = {"security_protocol": self.protocol}
+        if self.tls:
+            options["ssl_context"] = self.ssl_context()
+        if self.sasl:
+            options["sasl_mechanism"] = self.sasl_mechanism
+            options["sasl_plain_username"] = self.sasl_username
+            options["sasl_plain_password"] = self.sasl_password
+        return options
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the worker reads from its environment."""
@@ -75,6 +134,11 @@ class Settings:
     expiry_min_s: float = 60.0
     sweep_every_s: float = 60.0
     kafka: KafkaTuning = field(default_factory=KafkaTuning)
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    create_topics: bool = True
+    """Create missing topics at start; when off, a missing topic stops the worker with a list."""
+    log_format: str = "text"
+    """`text` (one readable line) or `json` (one object a line, with session/bot/partition)."""
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
     """The environment the settings were read from (secrets may come from it)."""
 
@@ -127,6 +191,8 @@ class Settings:
                 "SECURE_SESSION_CIRCUIT_COOLDOWN_S", _non_negative(float), d.circuit_cooldown_s
             ),
             log_level=r.get("SECURE_SESSION_LOG_LEVEL", _log_level, d.log_level),
+            log_format=r.get("SECURE_SESSION_LOG_FORMAT", _one_of("text", "json"), d.log_format),
+            create_topics=r.get("SECURE_SESSION_CREATE_TOPICS", _bool, d.create_topics),
             store=r.get("SECURE_SESSION_STORE", _store, d.store),
             expiry_multiple=r.get(
                 "SECURE_SESSION_EXPIRY_MULTIPLE", _positive(float), d.expiry_multiple
@@ -143,6 +209,7 @@ class Settings:
                 fetch_max_wait_ms=r.get("KAFKA_FETCH_MAX_WAIT_MS", _positive(int), 500),
                 producer_linger_ms=r.get("KAFKA_PRODUCER_LINGER_MS", _non_negative(int), 5),
             ),
+            security=_security(r),
             environ=env,
         )
 
@@ -198,10 +265,58 @@ def _log_level(raw: str) -> str:
 
 
 def _store(raw: str) -> str:
-    low = raw.lower()
-    if low not in ("memory", "rocksdb"):
-        raise ValueError("expected memory or rocksdb")
-    return low
+    return _one_of("memory", "rocksdb")(raw)
+
+
+def _one_of(*choices: str, upper: bool = False) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.upper() if upper else raw.lower()
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _file(raw: str) -> Path:
+    path = Path(raw)
+    if not path.is_file():
+        raise ValueError("no such file")
+    return path
+
+
+def _security(r: _Reader) -> KafkaSecurity:
+    protocol = r.get("KAFKA_SECURITY_PROTOCOL", _one_of(*PROTOCOLS, upper=True), "PLAINTEXT")
+    password = r.get("KAFKA_SASL_PASSWORD", str, None)
+    password_file = r.get("KAFKA_SASL_PASSWORD_FILE", _file, None)
+    if password_file is not None:
+        password = password_file.read_text().rstrip("\n")
+    security = KafkaSecurity(
+        protocol=protocol,
+        sasl_mechanism=r.get("KAFKA_SASL_MECHANISM", _one_of(*MECHANISMS, upper=True), "PLAIN"),
+        sasl_username=r.get("KAFKA_SASL_USERNAME", str, None),
+        sasl_password=password,
+        ssl_cafile=r.get("KAFKA_SSL_CAFILE", _file, None),
+        ssl_certfile=r.get("KAFKA_SSL_CERTFILE", _file, None),
+        ssl_keyfile=r.get("KAFKA_SSL_KEYFILE", _file, None),
+        ssl_key_password=r.get("KAFKA_SSL_KEY_PASSWORD", str, None),
+        ssl_check_hostname=r.get("KAFKA_SSL_CHECK_HOSTNAME", _bool, True),
+    )
+    if security.sasl and not (security.sasl_username and security.sasl_password):
+        missing = "KAFKA_SASL_USERNAME" if not security.sasl_username else "KAFKA_SASL_PASSWORD"
+        raise SettingsError(missing, f"required when KAFKA_SECURITY_PROTOCOL is {protocol}")
+    if security.ssl_keyfile is not None and security.ssl_certfile is None:
+        raise SettingsError("KAFKA_SSL_CERTFILE", "required with KAFKA_SSL_KEYFILE (mutual TLS)")
+    try:
+        security.ssl_context()  # unreadable PEM files are refused at start, not at connect
+    except (ssl.SSLError, OSError) as exc:
+        # the reason only: a wrong key password must not end up in a log line
+        raise SettingsError(
+            "KAFKA_SSL_*",
+            f"TLS files not usable: {exc.__class__.__name__}: "
+            f"{getattr(exc, 'reason', None) or exc.strerror or 'invalid'}",
+        ) from None
+    return security
 
 
 def _allowlist(raw: str) -> tuple[str, ...]:

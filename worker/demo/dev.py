@@ -106,7 +106,9 @@ async def run_async(duration: float | None, rate: float) -> int:
                 print(f"worker did not start; see {tmp / 'worker.log'}")
                 return 1
             await asyncio.sleep(0.2)
-        shown = await run_traffic(broker.bootstrap, duration, rate, lambda: worker.poll() is None)
+        shown = await run_traffic(
+            {"bootstrap_servers": broker.bootstrap}, duration, rate, lambda: worker.poll() is None
+        )
         if worker.poll() is not None:
             print(f"worker exited with {worker.returncode}; see {tmp / 'worker.log'}")
             return 1

@@ -11,7 +11,8 @@ import itertools
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -64,7 +65,7 @@ def line(topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes])
 
 
 async def run_traffic(
-    bootstrap: str,
+    client: Mapping[str, Any],
     duration: float | None,
     rate: float,
     alive: Callable[[], bool] = lambda: True,
@@ -76,11 +77,11 @@ async def run_traffic(
 ) -> int:
     """Send demo records at `rate` a second and print decisions; return how many were shown."""
     inbound, allowed, blocked = topics
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    producer = AIOKafkaProducer(**client)
     consumer = AIOKafkaConsumer(
         allowed,
         blocked,
-        bootstrap_servers=bootstrap,
+        **client,
         group_id=None,
         auto_offset_reset="latest",
         metadata_max_age_ms=1000,
@@ -114,12 +115,14 @@ async def run_traffic(
     return shown
 
 
-async def watch_decisions(bootstrap: str, allowed: str, blocked: str, from_beginning: bool) -> None:
-    """Print decisions forever."""
+async def watch_decisions(
+    client: Mapping[str, Any], allowed: str, blocked: str, from_beginning: bool
+) -> None:
+    """Print decisions forever (`client`: aiokafka connection options)."""
     consumer = AIOKafkaConsumer(
         allowed,
         blocked,
-        bootstrap_servers=bootstrap,
+        **client,
         group_id=None,
         auto_offset_reset="earliest" if from_beginning else "latest",
     )
@@ -133,5 +136,8 @@ async def watch_decisions(bootstrap: str, allowed: str, blocked: str, from_begin
 
 
 if __name__ == "__main__":
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "localhost:9092")
-    asyncio.run(run_traffic(bootstrap, None, float(os.environ.get("DEMO_RATE", "3"))))
+    from worker.kafka import client_options
+    from worker.settings import Settings
+
+    client = client_options(Settings.from_env())
+    asyncio.run(run_traffic(client, None, float(os.environ.get("DEMO_RATE", "3"))))

@@ -1,0 +1,144 @@
+"""Settings from the environment: Kafka TLS / SASL / mutual TLS, refused early when unusable."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import subprocess
+from pathlib import Path
+
+import faust
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from worker.app import faust_settings
+from worker.errors import SettingsError
+from worker.kafka import client_options
+from worker.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A self-signed certificate for localhost (CA, server and client at once) and its key."""
+    d = tmp_path_factory.mktemp("pki")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+         "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return d
+
+
+def test_plaintext_by_default() -> None:
+    s = Settings.from_env({})
+    assert client_options(s) == {
+        "bootstrap_servers": "localhost:9092",
+        "security_protocol": "PLAINTEXT",
+    }
+    assert "broker_credentials" not in faust_settings(s, 8)
+
+
+def test_sasl_scram_over_tls() -> None:
+    s = Settings.from_env(
+        {
+            "KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+            "KAFKA_SASL_MECHANISM": "scram-sha-512",
+            "KAFKA_SASL_USERNAME": "svc-secure-session",
+            "KAFKA_SASL_PASSWORD": "pa55-w0rd-never-logged",
+        }
+    )
+    options = client_options(s)
+    assert options["security_protocol"] == "SASL_SSL"
+    assert options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert options["sasl_plain_username"] == "svc-secure-session"
+    assert isinstance(options["ssl_context"], ssl.SSLContext)
+    assert options["ssl_context"].check_hostname
+    creds = faust_settings(s, 8)["broker_credentials"]
+    assert isinstance(creds, faust.SASLCredentials)
+    assert (creds.protocol.value, creds.mechanism.value) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert "pa55-w0rd" not in repr(s) + repr(creds)
+
+
+def test_sasl_password_from_a_file(tmp_path: Path) -> None:
+    (tmp_path / "pw").write_text("from-file\n")
+    s = Settings.from_env(
+        {
+            "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "KAFKA_SASL_USERNAME": "u",
+            "KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "pw"),
+        }
+    )
+    assert client_options(s)["sasl_plain_password"] == "from-file"
+    assert "ssl_context" not in client_options(s)
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"KAFKA_SECURITY_PROTOCOL": "TLS"}, "KAFKA_SECURITY_PROTOCOL"),
+        ({"KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "KAFKA_SASL_USERNAME"),
+        (
+            {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_USERNAME": "u"},
+            "KAFKA_SASL_PASSWORD",
+        ),
+        ({"KAFKA_SASL_MECHANISM": "GSSAPI"}, "KAFKA_SASL_MECHANISM"),
+        ({"KAFKA_SSL_CAFILE": "/nonexistent/ca.pem"}, "KAFKA_SSL_CAFILE"),
+    ],
+)
+def test_unusable_settings_are_refused_naming_the_variable(
+    env: dict[str, str], variable: str
+) -> None:
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env(env)
+    assert err.value.variable == variable
+
+
+def test_unreadable_pem_is_refused_at_start(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate")
+    with pytest.raises(SettingsError, match="TLS files not usable"):
+        Settings.from_env(
+            {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_CAFILE": str(tmp_path / "ca.pem")}
+        )
+
+
+def test_mutual_tls_presents_the_client_certificate(pki: Path) -> None:
+    """A TLS server that requires a client certificate sees the worker's client connect."""
+    s = Settings.from_env(
+        {
+            "KAFKA_SECURITY_PROTOCOL": "SSL",
+            "KAFKA_SSL_CAFILE": str(pki / "cert.pem"),
+            "KAFKA_SSL_CERTFILE": str(pki / "cert.pem"),
+            "KAFKA_SSL_KEYFILE": str(pki / "key.pem"),
+        }
+    )
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki / "cert.pem"))
+    server_tls.load_cert_chain(str(pki / "cert.pem"), str(pki / "key.pem"))
+    server_tls.verify_mode = ssl.CERT_REQUIRED
+    seen: list[object] = []
+
+    async def main() -> None:
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            peer = writer.get_extra_info("peercert")
+            request = await reader.read(4)  # the length of the client's first Kafka request
+            seen.append((peer["subject"], len(request)))
+            writer.close()
+
+        server = await asyncio.start_server(on_connect, "127.0.0.1", 0, ssl=server_tls)
+        port = server.sockets[0].getsockname()[1]
+        options = client_options(s) | {"bootstrap_servers": f"localhost:{port}"}
+        producer = AIOKafkaProducer(**options, request_timeout_ms=2000)
+        try:
+            with pytest.raises(KafkaError):
+                await producer.start()
+        finally:
+            await producer.stop()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+    assert seen
+    subject, request_bytes = seen[0]  # type: ignore[misc]
+    assert ((("commonName", "localhost"),),) == subject
+    assert request_bytes == 4
