@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import logging.config
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -46,6 +47,7 @@ def worker() -> None:
     """Run one member of the worker's consumer group (configured by the environment)."""
     import faust
 
+    from worker import logs
     from worker.app import create_app
     from worker.config import Registry, load_file
     from worker.kafka import ensure_topics
@@ -62,9 +64,8 @@ def worker() -> None:
         registry = Registry.from_file(config, key_checker(vault_of(settings)))
     except ConfigError as exc:
         _fail(f"configuration refused: {exc}")
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="[%(asctime)s] [%(levelname)s] %(message)s"
-    )
+    log_config = logs.config(settings.log_level, settings.log_format)
+    logging.config.dictConfig(log_config)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
@@ -77,7 +78,9 @@ def worker() -> None:
 
         metrics, ready = app.pipeline.metrics, app.ready  # type: ignore[attr-defined]
         loop.run_until_complete(serve(metrics, ready, settings.web_port))
-    w = faust.Worker(app, loglevel=settings.log_level, quiet=True, loop=loop)
+    w = faust.Worker(
+        app, loglevel=settings.log_level, logging_config=log_config, quiet=True, loop=loop
+    )
 
     async def _quiet_root() -> None:
         # Faust leaves the root logger at DEBUG: records built and thrown away cost ~14%
@@ -197,13 +200,12 @@ def send(source: BinaryIO) -> None:
 def watch(from_beginning: bool) -> None:
     """Print allowed and blocked decisions as they happen (Ctrl-C stops)."""
     from worker.demo.traffic import watch_decisions
+    from worker.kafka import client_options
 
     settings = _settings()
     t = settings.topics
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
-            watch_decisions(settings.bootstrap_servers, t.allowed, t.blocked, from_beginning)
-        )
+        asyncio.run(watch_decisions(client_options(settings), t.allowed, t.blocked, from_beginning))
 
 
 @main.group()

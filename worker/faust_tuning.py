@@ -132,6 +132,18 @@ def kafka_producer(app: faust.App) -> aiokafka.AIOKafkaProducer:
     return cast(aiokafka.AIOKafkaProducer, app.producer._producer)  # type: ignore[attr-defined]
 
 
+def lag(app: faust.App, topic: str) -> dict[int, int]:
+    """Records of `topic` not yet committed, by assigned partition (known after a fetch)."""
+    consumer = app.consumer
+    committed = consumer._committed_offset  # type: ignore[attr-defined] # last committed
+    lags = {}
+    for tp in consumer.assignment():
+        if tp.topic == topic and (end := consumer.highwater(tp)) is not None:
+            done = committed.get(tp)
+            lags[tp.partition] = max(0, end - (0 if done is None else done + 1))
+    return lags
+
+
 def run_as_current(app: faust.App, message: Message, fn: Callable[..., Any], *args: Any) -> Any:
     """Run `fn(*args)` with an Event for `message` as Faust's current event."""
     event = Event(app, message.key, message.value, message.headers, message)

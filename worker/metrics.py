@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -47,6 +47,15 @@ class Metrics:
             registry=self.registry,
         )
 
+    def watch(
+        self,
+        *,
+        circuits: Callable[[], Mapping[str, bool]],
+        lag: Callable[[], Mapping[int, int]],
+    ) -> None:
+        """Gauges read when scraped: circuits open by connector, inbound lag by partition."""
+        self.registry.register(_Live(circuits, lag))
+
     def decided(self, reason: str, bot: str) -> None:
         self._decisions[(reason, bot)] += 1
 
@@ -69,9 +78,48 @@ class _Decisions(Collector):
             "Messages decided, by reason and bot (cached = allowed from state, no call)",
             labels=["reason", "bot"],
         )
+        hits = CounterMetricFamily(
+            "secure_session_cache_hits",
+            "Messages allowed from session state without a validation, by bot",
+            labels=["bot"],
+        )
+        per_bot: collections.Counter[str] = collections.Counter()
         for (reason, bot), n in list(self._counts.items()):
             family.add_metric([reason, bot], n)
+            if reason == "cached":
+                per_bot[bot] += n
+        for bot, n in per_bot.items():
+            hits.add_metric([bot], n)
         yield family
+        yield hits
+
+
+class _Live(Collector):
+    def __init__(
+        self,
+        circuits: Callable[[], Mapping[str, bool]],
+        lag: Callable[[], Mapping[int, int]],
+    ) -> None:
+        self._circuits = circuits
+        self._lag = lag
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        circuits = GaugeMetricFamily(
+            "secure_session_circuit_open",
+            "1 while a connector's circuit is open (calls paused), by connector",
+            labels=["connector"],
+        )
+        for connector, is_open in sorted(self._circuits().items()):
+            circuits.add_metric([connector], 1.0 if is_open else 0.0)
+        lag = GaugeMetricFamily(
+            "secure_session_consumer_lag",
+            "Inbound records not yet decided and committed, by assigned partition",
+            labels=["partition"],
+        )
+        for partition, n in sorted(self._lag().items()):
+            lag.add_metric([str(partition)], n)
+        yield circuits
+        yield lag
 
 
 async def serve(metrics: Metrics, ready: Callable[[], bool], port: int) -> web.AppRunner | None:

@@ -158,7 +158,7 @@ class Pipeline:
         try:
             return await self._decide(record, waited_for)
         except Exception:  # noqa: BLE001 - one bad record must never stop the worker
-            log.exception("internal error deciding message %s", _where(record))
+            log.exception("internal error deciding a message", extra=_where(record))
             if not record.done:
                 await self._block(record, None, "authorization_unavailable", "internal error", None)
             return False
@@ -217,7 +217,7 @@ class Pipeline:
         try:
             await self._conclude(record, bot, check, result, report)
         except Exception:  # noqa: BLE001 - the lane must be drained whatever happens
-            log.exception("internal error after validating message %s", _where(record))
+            log.exception("internal error after validating a message", extra=_where(record))
             if not record.done:
                 await self._block(record, bot, "authorization_unavailable", "internal error", None)
         finally:
@@ -240,10 +240,10 @@ class Pipeline:
             old = SessionState.decode(self._table.get(key))
             if old is not None and old.identity not in (None, new_state.identity):
                 log.warning(
-                    "identity changed in session %s: %s -> %s",
-                    _where(record),
+                    "identity changed in session: %s -> %s",
                     old.identity,
                     new_state.identity,
+                    extra=_where(record),
                 )
         if new_state is not None:
             self._run_as(record.origin, self._table.__setitem__, key, new_state.encode())
@@ -364,8 +364,18 @@ def _out_key(record: _Record) -> bytes | None:
     return record.event.session_id.encode() if record.event is not None else None
 
 
-def _where(record: _Record) -> str:
+def _where(record: _Record) -> dict[str, Any]:
+    """The record's coordinates for a log line (worker/logs.py shows them)."""
+    where = {
+        "partition": getattr(record.origin, "partition", None),
+        "offset": getattr(record.origin, "offset", None),
+    }
     event = record.event
-    if event is None:
-        return "(unparsed)"
-    return f"org={event.organization} bot={event.bot} session={event.session_id} id={event.id}"
+    if event is not None:
+        where |= {
+            "organization": event.organization,
+            "bot": event.bot,
+            "session": event.session_id,
+            "messageId": event.id,
+        }
+    return where

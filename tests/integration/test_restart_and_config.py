@@ -184,6 +184,7 @@ def test_circuit_breaker_stops_calling_a_failing_api_and_recovers(harness: Harne
         "SECURE_SESSION_CIRCUIT_FAILURES": "2",
         "SECURE_SESSION_CIRCUIT_COOLDOWN_S": "1",
         "SECURE_SESSION_HTTP_RETRIES": "0",
+        "SECURE_SESSION_LOG_FORMAT": "json",
     }
     h.start_worker(h.write_config([bot("secure")], [connector("main", h.server.url)]))
 
@@ -204,6 +205,13 @@ def test_circuit_breaker_stops_calling_a_failing_api_and_recovers(harness: Harne
     h.api.tokens["tok-back"] = "bea"
     assert reason(one("s-back", "tok-back")) == "validated"  # the trial call closes it
     assert reason(one("s-paused", "tok-paused")) == "validated"
+    # JSON logs: every line one object; circuit changes name their connector
+    lines = [json.loads(line) for line in h.logs[0].read_text().splitlines() if line.strip()]
+    assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
+    circuit = [
+        (x["message"].split(":")[0], x.get("connector")) for x in lines if "circuit" in x["message"]
+    ]
+    assert circuit == [("circuit open", "acme/main"), ("circuit closed", "acme/main")]
 
 
 def test_metrics_and_health_endpoints(harness: Harness) -> None:
@@ -227,3 +235,6 @@ def test_metrics_and_health_endpoints(harness: Harness) -> None:
         in text
     )
     assert "secure_session_validation_seconds_bucket" in text
+    assert 'secure_session_cache_hits_total{bot="secure"} 2.0' in text
+    assert 'secure_session_circuit_open{connector="acme/main"} 0.0' in text
+    assert "secure_session_consumer_lag{partition=" in text

@@ -9,10 +9,13 @@ A 4xx is an answer: the API is up and said no.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
+
+log = logging.getLogger(__name__)
 
 State = Literal["closed", "open", "half_open"]
 
@@ -41,6 +44,10 @@ class CircuitBreaker:
             return "open"
         return "half_open"
 
+    def open_states(self) -> dict[str, bool]:
+        """Every connector called so far: is its circuit open (or waiting for its trial)?"""
+        return {key: self.state(key) != "closed" for key in self._circuits}
+
     def allow(self, key: str) -> bool:
         """May a call to `key` be made now? (In half-open state: one trial at a time.)"""
         state = self.state(key)
@@ -59,8 +66,17 @@ class CircuitBreaker:
         c = self._circuits.setdefault(key, _Circuit())
         c.trial = False
         if answered:
+            if c.opened_at is not None:
+                log.warning("circuit closed: connector answers again", extra={"connector": key})
             c.failures, c.opened_at = 0, None
             return
         c.failures += 1
         if c.opened_at is not None or c.failures >= self._threshold:
+            if c.opened_at is None:
+                log.warning(
+                    "circuit open: %d calls in a row failed; calls paused for %.0f s",
+                    c.failures,
+                    self._cooldown_s,
+                    extra={"connector": key},
+                )
             c.opened_at = self._clock()

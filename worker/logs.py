@@ -1,0 +1,67 @@
+"""Log lines: readable text or one JSON object a line, with the record they are about.
+
+Log calls about one message pass its coordinates as `extra` (see `FIELDS`); both formats
+show them. `config(level, fmt)` is the one logging setup, used before Faust starts and
+handed to Faust's worker so that its own lines come out the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+
+FIELDS = ("organization", "bot", "session", "messageId", "partition", "offset", "connector")
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {f: v for f in FIELDS if (v := record.__dict__.get(f)) is not None}
+
+
+class JsonFormatter(logging.Formatter):
+    """`{"time", "level", "logger", "message", <FIELDS present>, "exception"?}`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+            **_fields(record),
+        }
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(doc, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """`[time] [LEVEL] message  field=value …`."""
+
+    def __init__(self) -> None:
+        super().__init__("[%(asctime)s] [%(levelname)s] %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        line = super().formatMessage(record)
+        fields = _fields(record)
+        return line + "  " + " ".join(f"{k}={v}" for k, v in fields.items()) if fields else line
+
+
+def config(level: str, fmt: str) -> dict[str, Any]:
+    """A `logging.config.dictConfig` for the worker (stdout, `fmt`: text | json)."""
+    formatter = JsonFormatter if fmt == "json" else TextFormatter
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": {"()": f"{__name__}.{formatter.__name__}"}},
+        "handlers": {
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": "default",
+                "stream": "ext://sys.stdout",
+            }
+        },
+        "root": {"level": level.upper(), "handlers": ["default"]},
+    }
