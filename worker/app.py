@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -11,13 +10,12 @@ from typing import Any
 
 import faust
 import httpx
-from aiokafka.partitioner import murmur2
 from faust.types import TP, Message
 
 from worker import faust_tuning
 from worker.config import Registry
 from worker.expiry import sweep
-from worker.kafka import follow_config
+from worker.kafka import follow_config, partition_for
 from worker.metrics import Metrics
 from worker.pipeline import Pipeline
 from worker.settings import Settings
@@ -32,12 +30,6 @@ from worker.validators.jwt import JwtValidator
 from worker.vault import Vault
 
 log = logging.getLogger(__name__)
-
-
-@functools.lru_cache(maxsize=2**16)
-def partition_for(key: bytes, count: int) -> int:
-    """Kafka's default partitioner (murmur2), remembered: sessions send many records."""
-    return int(murmur2(key) & 0x7FFFFFFF) % count
 
 
 def faust_settings(settings: Settings, partitions: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The `secure-session` command: worker | config publish/check/delete | demo-api | dev."""
+"""The `secure-session` command: worker, config, send/watch, audit tail, sessions show, dev."""
 
 from __future__ import annotations
 
@@ -206,6 +206,112 @@ def watch(from_beginning: bool) -> None:
     t = settings.topics
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(watch_decisions(client_options(settings), t.allowed, t.blocked, from_beginning))
+
+
+def _since(raw: str | None) -> int | None:
+    """`--since`: 90s, 15m, 2h, 1d ago, or an ISO 8601 time; epoch ms."""
+    import datetime
+    import time
+
+    if raw is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if raw[-1:] in units and raw[:-1].isdigit():
+        return int((time.time() - int(raw[:-1]) * units[raw[-1]]) * 1000)
+    try:
+        at = datetime.datetime.fromisoformat(raw)
+    except ValueError:
+        raise click.BadParameter(f"{raw!r}: expected 90s, 15m, 2h, 1d or an ISO time") from None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=datetime.UTC)
+    return int(at.timestamp() * 1000)
+
+
+@main.group()
+def audit() -> None:
+    """Read the audit trail."""
+
+
+@audit.command("tail")
+@click.option("--org", help="only this organization")
+@click.option("--bot", help="only this bot")
+@click.option("--session", help="only this session id")
+@click.option("--reason", help="only this reason (e.g. denied, validated)")
+@click.option("--since", help="start this far back: 90s, 15m, 2h, 1d or an ISO time")
+@click.option("--json", "as_json", is_flag=True, help="one JSON audit event a line")
+@click.option("--follow/--no-follow", default=True, show_default=True, help="wait for new events")
+def audit_tail(
+    org: str | None,
+    bot: str | None,
+    session: str | None,
+    reason: str | None,
+    since: str | None,
+    as_json: bool,
+    follow: bool,
+) -> None:
+    """Print audit events as they come (from --since, if given); Ctrl-C stops."""
+    import orjson
+
+    from worker.tools import AuditFilter, audit_line, audit_tail
+
+    settings = _settings()
+    keep = AuditFilter(org, bot, session, reason, _since(since))
+
+    def emit(doc: dict[str, object]) -> None:
+        click.echo(orjson.dumps(doc).decode() if as_json else audit_line(doc))
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(audit_tail(settings, keep, follow, emit))
+
+
+@main.group()
+def sessions() -> None:
+    """Inspect session state."""
+
+
+@sessions.command("show")
+@click.argument("org")
+@click.argument("bot")
+@click.argument("session")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def sessions_show(org: str, bot: str, session: str, as_json: bool) -> None:
+    """Print what the worker holds for one session (from its table's changelog); exit 1 if none."""
+    import time
+
+    import orjson
+
+    from worker.tools import session_state
+
+    try:
+        held = asyncio.run(session_state(_settings(), org, bot, session))
+    except LookupError as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(orjson.dumps(held.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        where = f"{held.topic} partition {held.partition}"
+        s = held.state
+        if s is None:
+            gone = "expired or deleted" if held.offset is not None else "never validated"
+            click.echo(f"{held.key}: no state ({gone}; {where})")
+        else:
+            ago = time.time() - s.validated_at_ms / 1000
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(s.validated_at_ms / 1000))
+            expires = (
+                "-"
+                if s.expires_at_ms is None
+                else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(s.expires_at_ms / 1000))
+            )
+            click.echo(
+                f"{held.key} ({where}, offset {held.offset})\n"
+                f"  last validation  {stamp} ({ago:.0f} s ago)\n"
+                f"  outcome          {'allowed' if s.allowed else 'denied'}\n"
+                f"  identity         {s.identity or '-'}\n"
+                f"  fingerprint      {s.fingerprint}\n"
+                f"  token expires    {expires}"
+            )
+    if held.state is None:
+        sys.exit(1)
 
 
 @main.group()

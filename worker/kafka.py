@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any, Literal
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import murmur2
 
 from worker.config import ConfigFile, Registry
 from worker.errors import TopicSetupError
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=2**16)
+def partition_for(key: bytes, count: int) -> int:
+    """Kafka's default partitioner (murmur2), remembered: sessions send many records."""
+    return int(murmur2(key) & 0x7FFFFFFF) % count
 
 
 def client_options(settings: Settings) -> dict[str, Any]:

@@ -140,5 +140,5 @@ def test_mutual_tls_presents_the_client_certificate(pki: Path) -> None:
     asyncio.run(main())
     assert seen
     subject, request_bytes = seen[0]  # type: ignore[misc]
-    assert ((("commonName", "localhost"),),) == subject
+    assert subject == ((("commonName", "localhost"),),)
     assert request_bytes == 4

@@ -1,0 +1,178 @@
+"""Read-only tools for operators, over the topics: `audit tail` and `sessions show`.
+
+Both read with their own consumer and no group: they never move the worker's offsets.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from worker.decide import SessionState
+from worker.kafka import changelog_topic, client_options, partition_for
+from worker.settings import Settings
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    organization: str | None = None
+    bot: str | None = None
+    session: str | None = None
+    reason: str | None = None
+    since_ms: int | None = None
+
+    def __call__(self, doc: dict[str, Any]) -> bool:
+        return (
+            (self.organization is None or doc.get("organization") == self.organization)
+            and (self.bot is None or doc.get("bot") == self.bot)
+            and (self.session is None or doc.get("sessionId") == self.session)
+            and (self.reason is None or doc.get("reason") == self.reason)
+            and (self.since_ms is None or int(doc.get("time") or 0) >= self.since_ms)
+        )
+
+
+def _consumer(settings: Settings) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(**client_options(settings), group_id=None, enable_auto_commit=False)
+
+
+async def audit_tail(
+    settings: Settings, keep: AuditFilter, follow: bool, emit: Callable[[dict[str, Any]], None]
+) -> int:
+    """Emit the audit events `keep` accepts: from `since_ms` (else new ones), then as they come.
+
+    Without `follow`, returns once the topic's end is reached. Returns the count emitted.
+    """
+    consumer = _consumer(settings)
+    await consumer.start()
+    try:
+        tps = [
+            TopicPartition(settings.topics.audit, p)
+            for p in sorted(consumer.partitions_for_topic(settings.topics.audit) or ())
+        ]
+        if not tps:  # partitions_for_topic knows only topics in the cached metadata
+            await consumer.topics()
+            tps = [
+                TopicPartition(settings.topics.audit, p)
+                for p in sorted(consumer.partitions_for_topic(settings.topics.audit) or ())
+            ]
+        consumer.assign(tps)
+        await _seek(consumer, tps, keep.since_ms)
+        end = await consumer.end_offsets(tps)
+        shown = 0
+        while True:
+            batches = await consumer.getmany(timeout_ms=500)
+            for messages in batches.values():
+                for m in messages:
+                    try:
+                        doc = orjson.loads(m.value or b"")
+                    except orjson.JSONDecodeError:
+                        continue  # not written by the worker
+                    if isinstance(doc, dict) and keep(doc):
+                        emit(doc)
+                        shown += 1
+            if not follow and not batches:
+                positions = [await consumer.position(tp) for tp in tps]
+                if all(pos >= end[tp] for pos, tp in zip(positions, tps, strict=True)):
+                    return shown
+    finally:
+        await consumer.stop()
+
+
+async def _seek(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition], since_ms: int | None
+) -> None:
+    if since_ms is None:
+        await consumer.seek_to_end(*tps)
+        return
+    try:
+        found = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
+    except KafkaError:  # a broker without time lookups: read it all, the filter keeps `since`
+        await consumer.seek_to_beginning(*tps)
+        return
+    for tp in tps:
+        at = found.get(tp)
+        if at is None:
+            await consumer.seek_to_end(tp)
+        else:
+            consumer.seek(tp, at.offset)
+
+
+def audit_line(doc: dict[str, Any]) -> str:
+    """One audit event as a readable line."""
+    at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(doc.get("time") or 0) / 1000))
+    v = doc.get("validation") or {}
+    how = ""
+    if v:
+        status = v.get("httpStatus")
+        how = f"  {v.get('type')}:{v.get('connector') or '-'}"
+        how += f" {status if status is not None else '-'} {v.get('latencyMs', 0):.0f}ms"
+    who = f"  identity={doc['identity']}" if doc.get("identity") else ""
+    return (
+        f"{at}Z  {doc.get('kind', '?'):<14} {doc.get('decision') or '-':<8} "
+        f"{doc.get('reason') or '-':<26} {doc.get('organization')}/{doc.get('bot')}  "
+        f"{doc.get('sessionId')}  {doc.get('messageId') or '-'}{who}{how}"
+    )
+
+
+@dataclass(frozen=True)
+class Held:
+    """What the worker holds for one session, read from the table's changelog."""
+
+    key: str
+    topic: str
+    partition: int
+    offset: int | None
+    state: SessionState | None
+
+    def as_dict(self) -> dict[str, Any]:
+        s = self.state
+        return {
+            "key": self.key,
+            "changelog": {"topic": self.topic, "partition": self.partition, "offset": self.offset},
+            "state": None
+            if s is None
+            else {
+                "validatedAt": s.validated_at_ms,
+                "allowed": s.allowed,
+                "fingerprint": s.fingerprint,
+                "identity": s.identity,
+                "expiresAt": s.expires_at_ms,
+            },
+        }
+
+
+async def session_state(settings: Settings, org: str, bot: str, session: str) -> Held:
+    """The latest changelog record of ORG/BOT/SESSION (state None: none, or expired)."""
+    topic = changelog_topic(settings)
+    key = f"{org}/{bot}/{session}".encode()
+    consumer = _consumer(settings)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            raise LookupError(f"no changelog topic {topic!r}: has a worker with app id "
+                              f"{settings.app_id!r} run on this cluster?")  # fmt: skip
+        # the table's partition is the inbound record's: bots key records by session id
+        tp = TopicPartition(topic, partition_for(session.encode(), len(partitions)))
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        latest: tuple[int, bytes | None] | None = None
+        while True:
+            batch = await consumer.getmany(tp, timeout_ms=500)
+            for m in batch.get(tp, ()):
+                if m.key == key:
+                    latest = (m.offset, m.value)
+            if not batch and await consumer.position(tp) >= end:
+                break
+    finally:
+        await consumer.stop()
+    offset, value = latest if latest is not None else (None, None)
+    return Held(key.decode(), topic, tp.partition, offset, SessionState.decode(value))
