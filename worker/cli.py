@@ -368,8 +368,14 @@ def demo_api(port: int, api_key: str, tokens: tuple[str, ...], latency: float) -
 @main.command()
 @click.option("--duration", type=float, default=None, help="stop after this many seconds")
 @click.option("--rate", type=float, default=3.0, show_default=True, help="demo messages a second")
-def dev(duration: float | None, rate: float) -> None:
+@click.option(
+    "--view/--lines",
+    default=None,
+    help="live view or one line a decision  [default: view on a terminal]",
+)
+@click.option("--svg", type=click.Path(path_type=Path), help="save the view's last frame here")
+def dev(duration: float | None, rate: float, view: bool | None, svg: Path | None) -> None:
     """Try it: embedded broker, demo Authorization API, worker and demo traffic; Ctrl-C stops."""
     from worker.demo.dev import run
 
-    sys.exit(run(duration, rate))
+    sys.exit(run(duration, rate, view, svg))

@@ -23,7 +23,7 @@ def secure_session(*args: str, timeout: float = 90) -> subprocess.CompletedProce
 
 
 def test_dev_mode_shows_decisions_and_stops_what_it_started() -> None:
-    done = secure_session("dev", "--duration", "12", "--rate", "10")
+    done = secure_session("dev", "--duration", "12", "--rate", "10", "--lines")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     out = done.stdout
     assert "ALLOWED validated" in out and "ALLOWED cached" in out

@@ -1,24 +1,30 @@
 """`secure-session dev`: embedded broker, demo Authorization API, a worker and demo traffic.
 
-Prints every decision as it happens. Ctrl-C (or --duration) stops everything it started.
+Shows decisions live (worker/demo/view.py), or prints each one (no terminal, `--lines`).
+Ctrl-C (or --duration) stops everything it started.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import yaml
+from rich.console import Console
+from rich.live import Live
 
 from worker.demo.authapi import AuthorizationAPI, RunningAPI
 from worker.demo.broker import EmbeddedBroker
-from worker.demo.traffic import run_traffic
+from worker.demo.traffic import print_line, run_traffic
+from worker.demo.view import DevView
 
 API_KEY = "demo-api-key"
 
@@ -63,7 +69,24 @@ def demo_config(api_url: str) -> dict[str, object]:
     }
 
 
-async def run_async(duration: float | None, rate: float) -> int:
+async def _live(view: DevView, svg: Path | None, traffic: Awaitable[int]) -> int:
+    """Run `traffic` under a live view; save its last frame to `svg` if given."""
+    with Live(view.render(), refresh_per_second=4, transient=False) as live:
+        task = asyncio.ensure_future(traffic)
+        while not task.done():
+            live.update(view.render())
+            await asyncio.wait({task}, timeout=0.25)
+        live.update(view.render())
+    if svg is not None:
+        console = Console(record=True, width=110, file=io.StringIO())
+        console.print(view.render())
+        console.save_svg(str(svg), title="secure-session dev")
+    return task.result()
+
+
+async def run_async(
+    duration: float | None, rate: float, live: bool, svg: Path | None = None
+) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="secure-session-dev-"))
     (tmp / "secrets" / "acme").mkdir(parents=True)
     (tmp / "secrets" / "acme" / "my-authorization-api-key").write_text(API_KEY + "\n")
@@ -73,6 +96,7 @@ async def run_async(duration: float | None, rate: float) -> int:
         default_delay_s=0.1,
     )
     server = await RunningAPI(api).start()
+    view = DevView(lambda: sum(api.calls.values())) if live else None
     config = tmp / "config.yaml"
     config.write_text(yaml.safe_dump(demo_config(server.url), sort_keys=False))
     print(f"demo Authorization API on {server.url}; config in {config}")
@@ -106,9 +130,15 @@ async def run_async(duration: float | None, rate: float) -> int:
                 print(f"worker did not start; see {tmp / 'worker.log'}")
                 return 1
             await asyncio.sleep(0.2)
-        shown = await run_traffic(
-            {"bootstrap_servers": broker.bootstrap}, duration, rate, lambda: worker.poll() is None
-        )
+        client = {"bootstrap_servers": broker.bootstrap}
+
+        def alive() -> bool:
+            return worker.poll() is None
+
+        if view is None:
+            shown = await run_traffic(client, duration, rate, print_line, alive)
+        else:
+            shown = await _live(view, svg, run_traffic(client, duration, rate, view.feed, alive))
         if worker.poll() is not None:
             print(f"worker exited with {worker.returncode}; see {tmp / 'worker.log'}")
             return 1
@@ -127,9 +157,17 @@ async def run_async(duration: float | None, rate: float) -> int:
         await server.stop()
 
 
-def run(duration: float | None = None, rate: float = 3.0) -> int:
+def run(
+    duration: float | None = None,
+    rate: float = 3.0,
+    live: bool | None = None,
+    svg: Path | None = None,
+) -> int:
+    """`live`: the rich view (default: when stdout is a terminal), else one line a decision."""
     try:
-        return asyncio.run(run_async(duration, rate))
+        return asyncio.run(
+            run_async(duration, rate, sys.stdout.isatty() if live is None else live, svg)
+        )
     except KeyboardInterrupt:
         print("\nstopped")
         return 130

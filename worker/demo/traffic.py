@@ -15,8 +15,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
+from worker.settings import Topics
+
+DEMO_TOPICS = Topics()
 USERS = {"conv-alice": "valid-token-alice", "conv-bob": "valid-token-bob"}
 COLOR = {"allowed": "\033[32m", "blocked": "\033[31m"}
 RESET = "\033[0m"
@@ -68,19 +71,19 @@ async def run_traffic(
     client: Mapping[str, Any],
     duration: float | None,
     rate: float,
+    show: Callable[[str, ConsumerRecord[bytes, bytes]], None],
     alive: Callable[[], bool] = lambda: True,
-    topics: tuple[str, str, str] = (
-        "bot.messages.inbound",
-        "bot.messages.allowed",
-        "bot.messages.blocked",
-    ),
+    topics: Topics = DEMO_TOPICS,
 ) -> int:
-    """Send demo records at `rate` a second and print decisions; return how many were shown."""
-    inbound, allowed, blocked = topics
+    """Send demo records at `rate` a second; `show(kind, record)` for each output record.
+
+    kind: allowed, blocked or audit. Returns how many decisions were shown.
+    """
     producer = AIOKafkaProducer(**client)
     consumer = AIOKafkaConsumer(
-        allowed,
-        blocked,
+        topics.allowed,
+        topics.blocked,
+        topics.audit,
         **client,
         group_id=None,
         auto_offset_reset="latest",
@@ -88,12 +91,12 @@ async def run_traffic(
     )
     await producer.start()
     await consumer.start()
-    kinds = {allowed: "allowed", blocked: "blocked"}
+    kinds = {topics.allowed: "allowed", topics.blocked: "blocked", topics.audit: "audit"}
 
     async def produce() -> None:
         for n in itertools.count():
             key, value = demo_event(n)
-            await producer.send_and_wait(inbound, value, key=key)
+            await producer.send_and_wait(topics.inbound, value, key=key)
             await asyncio.sleep(1 / rate)
 
     sender = asyncio.create_task(produce())
@@ -103,9 +106,10 @@ async def run_traffic(
         while alive() and (stop_at is None or time.monotonic() < stop_at):
             batch = await consumer.getmany(timeout_ms=200)
             for tp, messages in batch.items():
+                kind = kinds[tp.topic]
                 for m in messages:
-                    print(line(kinds[tp.topic], m.key, m.value, dict(m.headers)), flush=True)
-                    shown += 1
+                    show(kind, m)
+                    shown += kind != "audit"
     finally:
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -113,6 +117,12 @@ async def run_traffic(
         await consumer.stop()
         await producer.stop()
     return shown
+
+
+def print_line(kind: str, m: ConsumerRecord[bytes, bytes]) -> None:
+    """`show` for line mode: one coloured line per decision (audit records skipped)."""
+    if kind != "audit":
+        print(line(kind, m.key, m.value or b"", dict(m.headers)), flush=True)
 
 
 async def watch_decisions(
@@ -140,4 +150,5 @@ if __name__ == "__main__":
     from worker.settings import Settings
 
     client = client_options(Settings.from_env())
-    asyncio.run(run_traffic(client, None, float(os.environ.get("DEMO_RATE", "3"))))
+    rate = float(os.environ.get("DEMO_RATE", "3"))
+    asyncio.run(run_traffic(client, None, rate, print_line))

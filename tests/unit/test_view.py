@@ -1,0 +1,51 @@
+"""The dev view: what it counts from the output and audit topics, and what it shows."""
+
+from __future__ import annotations
+
+import io
+
+import orjson
+from aiokafka import ConsumerRecord
+from rich.console import Console
+
+from worker.demo.view import DevView
+
+
+def record(value: dict[str, object], headers: list[tuple[str, bytes]], at: int) -> ConsumerRecord:
+    raw = orjson.dumps(value)
+    return ConsumerRecord("t", 0, 0, at, 0, b"k", raw, None, 1, len(raw), headers)
+
+
+def screen(view: DevView) -> str:
+    console = Console(width=120, file=io.StringIO(), record=True)
+    console.print(view.render())
+    return console.export_text()
+
+
+def test_counts_reasons_latency_and_keeps_the_last_blocked() -> None:
+    clock = iter(range(100, 1000, 5))
+    view = DevView(calls=lambda: 7, clock=lambda: float(next(clock)))
+    allowed = [("secure-session-reason", b"cached"), ("secure-session-decision", b"allowed")]
+    for i in range(3):
+        view.feed("allowed", record({"id": f"m{i}", "timestamp": 1_000}, allowed, 1_000 + 10 * i))
+    for i in range(10):
+        blocked = {"reason": "denied", "detail": f"no {i}", "sessionId": f"s{i}",
+                   "event": {"timestamp": 2_000}}  # fmt: skip
+        view.feed("blocked", record(blocked, [], 2_050))
+    view.feed("audit", record({"kind": "validation", "validation": {"latencyMs": 12.5}}, [], 0))
+    view.feed("audit", record({"kind": "blocked", "validation": None}, [], 0))
+
+    assert view.reasons == {("allowed", "cached"): 3, ("blocked", "denied"): 10}
+    assert sorted(view.latency_ms) == [0, 10, 20] + [50] * 10
+    assert view.validations == 1
+    text = screen(view)
+    assert "ALLOWED" in text and "cached" in text and "23%" in text
+    assert "BLOCKED" in text and "77%" in text
+    assert "Authorization API calls 7" in text
+    # the eight newest blocked messages, newest first
+    assert "no 9" in text and "no 2" in text and "no 1" not in text
+    assert text.index("no 9") < text.index("no 2")
+
+
+def test_an_empty_view_renders() -> None:
+    assert "messages decided" in screen(DevView(calls=lambda: 0))
