@@ -1,0 +1,82 @@
+"""What ships for users to run: the compose file, its config files, the Grafana dashboard.
+
+docker-compose.yml is validated against the Compose specification's JSON Schema
+(tests/data/compose-spec.json: compose/config/compose_spec.json from the docker-compose
+1.29.2 wheel on PyPI, the version Debian packages; Apache-2.0). No Docker engine needed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from prometheus_client import generate_latest
+
+from worker.metrics import Metrics
+from worker.settings import Settings
+
+ROOT = Path(__file__).parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+DASHBOARD = json.loads((ROOT / "deploy/grafana/dashboards/secure-session.json").read_text())
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    schema = json.loads((ROOT / "tests/data/compose-spec.json").read_text())
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in jsonschema.Draft7Validator(schema).iter_errors(COMPOSE)
+    ]
+    assert errors == []
+
+
+def test_compose_refers_to_files_that_exist() -> None:
+    for name, service in COMPOSE["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (ROOT / source).exists(), f"{name}: {source}"
+        if "build" in service:
+            assert (ROOT / service["build"] / "Dockerfile").exists()
+        for needed in service.get("depends_on", {}):
+            assert needed in COMPOSE["services"], f"{name} depends on unknown {needed}"
+
+
+@pytest.mark.parametrize("service", ["worker", "traffic"])
+def test_compose_environment_is_what_the_worker_reads(service: str) -> None:
+    """No misspelt variable silently ignored: each one is read by worker/settings.py."""
+    known = set(
+        re.findall(
+            r'"((?:SECURE_SESSION|KAFKA)_[A-Z0-9_]+)"', (ROOT / "worker/settings.py").read_text()
+        )
+    )
+    env = {k: str(v) for k, v in COMPOSE["services"][service]["environment"].items()}
+    unknown = {k for k in env if k not in known and not k.startswith("SECURE_SESSION_SECRET__")}
+    assert unknown == set()
+    Settings.from_env(env)  # and every value is accepted
+
+
+def test_dashboard_queries_only_metrics_the_worker_exports() -> None:
+    metrics = Metrics()
+    metrics.watch(circuits=lambda: {"acme/api": False}, lag=lambda: {0: 0})
+    metrics.decided("cached", "bot")
+    metrics.validated("baas", "acme/api", "allowed", 0.01)
+    exported = set(
+        re.findall(
+            r"^(secure_session_\w+?)(?:\{| )", generate_latest(metrics.registry).decode(), re.M
+        )
+    )
+    exprs = [t["expr"] for p in DASHBOARD["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"secure_session_\w+", e)}
+    assert used and used <= exported, used - exported
+    assert len({p["id"] for p in DASHBOARD["panels"]}) == len(DASHBOARD["panels"])
+
+
+def test_prometheus_scrapes_the_worker_port() -> None:
+    config = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
+    targets = config["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert targets == [f"worker:{Settings().web_port}"]
+    assert "6066:6066" in COMPOSE["services"]["worker"]["ports"]
