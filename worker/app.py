@@ -174,6 +174,20 @@ def create_app(
         if expired:
             log.info("expired %d idle sessions", expired)
 
+    down_since: list[float] = []  # when the consumer lost its last broker connection
+
+    @app.timer(1.0)  # type: ignore[untyped-decorator]
+    async def watch_kafka() -> None:
+        connected = faust_tuning.kafka_connected(app)
+        if connected is None:
+            return
+        pipeline.metrics.kafka_connected.set(connected)
+        if not connected and not down_since:
+            down_since.append(time.monotonic())
+            log.warning("Kafka connection lost: retrying; inbound messages wait in Kafka")
+        elif connected and down_since:
+            log.warning("Kafka connection back after %.1f s", time.monotonic() - down_since.pop())
+
     app.pipeline = pipeline  # type: ignore[attr-defined]
     app.ready = config_ready.is_set  # type: ignore[attr-defined]
     return app

@@ -34,6 +34,7 @@ from typing import Any, cast
 import aiokafka
 import faust
 from faust.events import Event
+from faust.exceptions import ConsumerNotStarted
 from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as driver
 from faust.types import Message
@@ -130,6 +131,15 @@ def route(app: faust.App, topic: faust.TopicT, handler: Handler) -> None:
 def kafka_producer(app: faust.App) -> aiokafka.AIOKafkaProducer:
     """The aiokafka producer under Faust's (the one Faust flushes before each commit)."""
     return cast(aiokafka.AIOKafkaProducer, app.producer._producer)  # type: ignore[attr-defined]
+
+
+def kafka_connected(app: faust.App) -> bool | None:
+    """Has the worker's consumer a live broker connection? None before it has started."""
+    try:
+        consumer = app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
+    except (AttributeError, ConsumerNotStarted):
+        return None
+    return any(conn.connected() for conn in list(consumer._client._conns.values()))
 
 
 def lag(app: faust.App, topic: str) -> dict[int, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -49,6 +50,31 @@ class TextFormatter(logging.Formatter):
         return line + "  " + " ".join(f"{k}={v}" for k, v in fields.items()) if fields else line
 
 
+class Throttle(logging.Filter):
+    """aiokafka logs every failed attempt while a broker is away (~100 lines a second): each
+    kind of its warning/error lines passes once per `every_s`, with a count of those held."""
+
+    def __init__(self, every_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._every_s = every_s
+        self._clock = clock
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}  # kind: (passed at, held)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not record.name.startswith("aiokafka"):
+            return True
+        kind = (record.name, str(record.msg))  # the template: one kind whatever the node
+        now = self._clock()
+        passed = self._seen.get(kind)
+        if passed is not None and now - passed[0] < self._every_s:
+            self._seen[kind] = (passed[0], passed[1] + 1)
+            return False
+        self._seen[kind] = (now, 0)
+        if passed is not None and passed[1]:
+            record.msg = f"{record.msg} [{passed[1]} more like this held back]"
+        return True
+
+
 def config(level: str, fmt: str) -> dict[str, Any]:
     """A `logging.config.dictConfig` for the worker (stdout, `fmt`: text | json)."""
     formatter = JsonFormatter if fmt == "json" else TextFormatter
@@ -56,10 +82,12 @@ def config(level: str, fmt: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"default": {"()": f"{__name__}.{formatter.__name__}"}},
+        "filters": {"throttle": {"()": f"{__name__}.Throttle"}},
         "handlers": {
             "default": {
                 "class": "logging.StreamHandler",
                 "formatter": "default",
+                "filters": ["throttle"],
                 "stream": "ext://sys.stdout",
             }
         },

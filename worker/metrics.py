@@ -46,6 +46,11 @@ class Metrics:
             "Messages waiting for a validation in flight",
             registry=self.registry,
         )
+        self.kafka_connected = Gauge(
+            "secure_session_kafka_connected",
+            "1 while the worker's consumer has a live broker connection",
+            registry=self.registry,
+        )
 
     def watch(
         self,

@@ -25,6 +25,7 @@ import jsonschema
 import orjson
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from tests.conftest import Broker
 from worker.demo.authapi import AuthorizationAPI, RunningAPI
@@ -62,6 +63,7 @@ class Harness:
     schema_errors: list[str] = field(default_factory=list)
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
+    collector_errors: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.loop = asyncio.new_event_loop()
@@ -113,17 +115,29 @@ class Harness:
 
     async def _collect(self) -> None:
         names = {self.topics[k]: k for k in ("allowed", "blocked", "audit")}
-        consumer = AIOKafkaConsumer(
-            *names,
-            bootstrap_servers=self.broker.bootstrap,
-            auto_offset_reset="earliest",
-            group_id=None,
-            metadata_max_age_ms=1000,
-        )
-        await consumer.start()
+        while True:
+            consumer = AIOKafkaConsumer(
+                *names,
+                bootstrap_servers=self.broker.bootstrap,
+                auto_offset_reset="earliest",
+                group_id=None,
+                metadata_max_age_ms=1000,
+            )
+            try:
+                await consumer.start()
+                break
+            except KafkaError as exc:  # the broker is away (fault tests): try again
+                self.collector_errors.append(repr(exc))
+                await consumer.stop()
+                await asyncio.sleep(0.5)
         try:
             while True:
-                batch = await consumer.getmany(timeout_ms=100)
+                try:
+                    batch = await consumer.getmany(timeout_ms=100)
+                except KafkaError as exc:  # the broker went away (fault tests): read on
+                    self.collector_errors.append(repr(exc))
+                    await asyncio.sleep(0.2)
+                    continue
                 for tp, msgs in batch.items():
                     kind = names[tp.topic]
                     for m in msgs:

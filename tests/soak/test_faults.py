@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import time
 from collections import defaultdict
@@ -25,12 +24,12 @@ from aiokafka import AIOKafkaProducer
 from tests.conftest import Broker
 from tests.integration.conftest import bot, connector
 from tests.integration.harness import Harness, event
+from tests.soak.report import write_block
 
 pytestmark = pytest.mark.integration
 
 SESSIONS = int(os.environ.get("SOAK_SESSIONS", 1000))
 PER_SESSION = int(os.environ.get("SOAK_PER_SESSION", 50))
-README = Path(__file__).parents[2] / "README.md"
 
 
 @pytest.mark.timeout(600)  # three workers, 51,000 messages, a rebalance after a kill -9
@@ -140,28 +139,22 @@ def first_seen(ns: list[int]) -> list[int]:
 
 
 def report(result: dict[str, object]) -> None:
-    if os.environ.get("SECURE_SESSION_UPDATE_README") != "1":
-        return
-    lines = [
-        "<!-- reliability:start (written by tests/soak/test_faults.py; `make soak`) -->",
-        f"Last run: {time.strftime('%Y-%m-%d')}, {result['workers']} worker processes, "
-        f"{result['sessions']:,} sessions, {result['messages']:,} messages in "
-        f"{result['seconds']} s.",
-        "",
-        "| fault | |",
-        "|---|---|",
-        *[f"| {f} | injected |" for f in result["faults"]],  # type: ignore[attr-defined]
-        "",
-        "| check | result |",
-        "|---|---|",
-        f"| messages lost (inbound id missing from allowed + blocked) | {result['lost']} |",
-        f"| messages decided twice (at least once: after the kill -9) | {result['duplicated']} |",
-        f"| sessions whose first decisions are out of order | {result['sessions_out_of_order']} |",
-        f"| validations made again after partitions moved | {result['calls_after_faults']} |",
-        "<!-- reliability:end -->",
-    ]
-    text = README.read_text()
-    text = re.sub(
-        r"<!-- reliability:start.*?<!-- reliability:end -->", "\n".join(lines), text, flags=re.S
+    write_block(
+        "group",
+        [
+            f"Last run: {time.strftime('%Y-%m-%d')}, {result['workers']} worker processes, "
+            f"{result['sessions']:,} sessions, {result['messages']:,} messages in "
+            f"{result['seconds']} s.",
+            "",
+            "| fault | |",
+            "|---|---|",
+            *[f"| {f} | injected |" for f in result["faults"]],  # type: ignore[attr-defined]
+            "",
+            "| check | result |",
+            "|---|---|",
+            f"| messages lost (inbound id missing from allowed + blocked) | {result['lost']} |",
+            f"| messages decided twice (after the kill -9) | {result['duplicated']} |",
+            f"| sessions with first decisions out of order | {result['sessions_out_of_order']} |",
+            f"| validations made again after partitions moved | {result['calls_after_faults']} |",
+        ],
     )
-    README.write_text(text)

