@@ -276,7 +276,7 @@ def load_file(path: Path) -> ConfigFile:
         raise ConfigError(source, "", f"cannot be read ({exc.__class__.__name__}: {exc})") from None
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: e.g. an escape past U+10FFFF
         raise ConfigError(source, "", f"is not valid JSON or YAML: {exc}") from None
     if data is None:
         data = {}

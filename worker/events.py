@@ -114,8 +114,9 @@ def redacted_event(
     `redact` hides the credentials the bot's config reads; None means they are unknown
     (no bot, no connector), and then every string in `context` is fingerprinted.
     Unparseable input comes back as `{"raw": text}` or `{"rawBase64": …}`. An event larger
-    than `MAX_ECHO_BYTES` is not echoed (`{"truncated": true, "bytes": n}`): a blocked
-    record must fit where the inbound one did, and a prefix could cut a credential.
+    than `MAX_ECHO_BYTES`, or nested too deep to write back, is not echoed (`{"truncated":
+    true, "bytes": n}`): a blocked record must fit where the inbound one did, and a prefix
+    could cut a credential.
     """
     if raw is None:
         return {"raw": ""}
@@ -130,10 +131,14 @@ def redacted_event(
             return {"rawBase64": base64.b64encode(raw).decode("ascii")}
     if not isinstance(doc, dict):
         return {"raw": raw.decode("utf-8")}
-    if redact is not None:
-        redact(doc)
-    elif isinstance(doc.get("context"), (dict, list)):
-        doc["context"] = _fingerprint_strings(doc["context"])
+    try:
+        if redact is not None:
+            redact(doc)
+        elif isinstance(doc.get("context"), (dict, list)):
+            doc["context"] = _fingerprint_strings(doc["context"])
+        orjson.dumps([doc])  # as deep as in a blocked record: too deep to write back?
+    except (orjson.JSONEncodeError, RecursionError):
+        return {"truncated": True, "bytes": len(raw)}
     return doc
 
 

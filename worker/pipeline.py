@@ -213,11 +213,12 @@ class Pipeline:
     async def _call(self, record: _Record, bot: Bot, check: Check, remote: RemoteValidator) -> None:
         """A call to a service, in its own task; then the session's waiting records."""
         assert record.event is not None
-        result, report = await remote.validate(check)
+        result: Validation | None = None  # none: the waiters validate on their own
         try:
+            result, report = await remote.validate(check)
             await self._conclude(record, bot, check, result, report)
         except Exception:  # noqa: BLE001 - the lane must be drained whatever happens
-            log.exception("internal error after validating a message", extra=_where(record))
+            log.exception("internal error validating a message", extra=_where(record))
             if not record.done:
                 await self._block(record, bot, "authorization_unavailable", "internal error", None)
         finally:

@@ -128,3 +128,11 @@ def test_registry_applies_topic_records_and_skips_bad_ones() -> None:
 @given(st.binary(max_size=100), st.binary(max_size=300) | st.none())
 def test_any_config_record_is_applied_or_skipped(key: bytes, value: bytes | None) -> None:
     Registry().apply("connector", key, value)
+
+
+def test_a_yaml_escape_past_unicode_is_refused_not_raised(tmp_path: Path) -> None:
+    """Found by tests/unit/test_fuzz.py: PyYAML raises ValueError, not YAMLError, here."""
+    path = tmp_path / "bots.yaml"
+    path.write_text('bots:\n- Name: "\\U00110000"\n')
+    with pytest.raises(ConfigError, match="is not valid JSON or YAML"):
+        load_file(path)

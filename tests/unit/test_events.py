@@ -88,3 +88,15 @@ def test_credentials_are_fingerprinted_in_blocked_events() -> None:
 def test_fingerprint_is_short_and_stable() -> None:
     assert fingerprint("abc") == fingerprint("abc") != fingerprint("abd")
     assert len(fingerprint("abc")) == len("sha256:") + 16
+
+
+def test_an_event_too_deep_to_write_back_is_not_echoed() -> None:
+    """orjson reads 1,024 levels but writes 255: a blocked record must still be written."""
+    raw = (
+        b'{"id":"d","organization":"a","bot":"b","sessionId":"s","x":'
+        + b"[" * 300
+        + b"]" * 300
+        + b"}"
+    )
+    parse_inbound(raw)  # a valid event
+    assert redacted_event(raw, None) == {"truncated": True, "bytes": len(raw)}

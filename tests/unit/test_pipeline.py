@@ -120,3 +120,18 @@ async def test_intake_pauses_when_too_many_records_wait() -> None:
     await asyncio.wait_for(blocked, 1)
     await p.drain_all()
     assert len(acked) == 4 and len(gate.calls) == 1
+
+
+async def test_a_value_that_cannot_be_a_header_is_token_invalid_and_never_stalls() -> None:
+    """Found by tests/unit/test_fuzz.py: httpx raised on it, and the record was never acked."""
+    gate = Gate()
+    gate.open.set()
+    p, sent, acked = make(gate)
+    for i, token in enumerate(["tok\u00e9n", "a\r\nX-Admin: 1", "ok-1"]):
+        await p.submit(b"s", ev(f"s{i}", 0, token), 0, lambda i=i: acked.append(i))
+    await p.drain_all()
+    blocked = [v for t, v in sent if t == "bot.messages.blocked"]
+    assert [b["reason"] for b in blocked] == ["token_invalid", "token_invalid"]
+    assert "X-T is not printable ASCII" in blocked[0]["detail"]
+    assert gate.calls == ["ok-1"]  # nothing sent for the two others
+    assert acked == [0, 1, 2]

@@ -102,6 +102,9 @@ class BaasValidator:
         async def build(auth: dict[str, str]) -> httpx.Request:
             return self.build_request(call, auth)
 
+        unsendable = _unsendable(call)
+        if unsendable is not None:
+            return self._result(call, "token_invalid", unsendable, None)
         try:
             answer = await self._calls.call(
                 con, build, read_body=con.identity_path is not None, what="Authorization API"
@@ -141,3 +144,14 @@ class BaasValidator:
             Validation(outcome, call.fingerprint, int(self._clock() * 1000), detail, identity),
             Report("baas", call.connector.alias, status, attempts, latency, call.fingerprint),
         )
+
+
+def _unsendable(call: BaasCall) -> str | None:
+    """Why a value mapped to a header cannot be sent (HTTP header values are printable
+    ASCII: anything else, a line break above all, is refused, never sent)."""
+    for mapping, value in zip(call.connector.mappings, call.values, strict=True):
+        if mapping.type == "header" and value is not None:
+            text = value if isinstance(value, str) else orjson.dumps(value).decode()
+            if not (text.isascii() and text.isprintable()):
+                return f"the value for header {mapping.name} is not printable ASCII: not sent"
+    return None

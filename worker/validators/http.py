@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from worker.errors import Misconfigured
 from worker.validators.guard import EndpointGuard
 
 
@@ -106,7 +107,13 @@ class Http:
         read_body: bool,
         what: str,
     ) -> tuple[int | None, bytes | None, str]:
-        request = await build()
+        try:
+            request = await build()
+        except (UnicodeEncodeError, ValueError, TypeError) as exc:
+            # e.g. a secret or header template httpx cannot encode; never the value itself
+            raise Misconfigured(
+                f"{what} request cannot be built ({exc.__class__.__name__})"
+            ) from None
         if self._guard is not None:
             await self._guard.check(request.url)  # Misconfigured: nothing is sent
         timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, self._connect_timeout_s))
