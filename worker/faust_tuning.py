@@ -1,7 +1,7 @@
 """The one place that reaches into Faust's internals (faust-streaming pinned in pyproject).
 
 Faust keeps what the worker needs from it: the consumer group, the changelog-backed
-table and its recovery, commits, rebalances. Two things are changed, through Faust's own
+table and its recovery, commits, rebalances. Three things are changed, through Faust's own
 extension point (the transport's `Consumer` class and its consumer thread):
 
 1. The consumer's fetch wait. Faust 0.15.3 hard-codes `fetch_max_wait_ms=1500`; on a
@@ -16,6 +16,11 @@ extension point (the transport's `Consumer` class and its consumer thread):
    Faust unchanged. Messages of an old consumer generation, or fetched while flow is
    suspended for a rebalance, are neither handled nor acked: Faust seeks back to the
    committed offset after the rebalance and they come again.
+3. Changelog messages (table recovery, standby replicas) go to Faust's callback directly
+   while flow is active, instead of racing it against `suspend_flow` in two new tasks
+   each (`wait_first`): table recovery ran at 10,600 records/s, one core's worth of
+   Python, and that race was a quarter of it (bench: restart with 1,000,000 sessions).
+   While flow is suspended the race is kept, so a rebalance still interrupts a blocked put.
 
 Table writes need Faust's "current event" (it picks the changelog partition):
 `run_as_current` builds an Event for the message and runs the write with it set.
@@ -96,6 +101,8 @@ class _Consumer(driver.Consumer):
                         message.tracked = True
                         track(message)
                         await handle(message)
+                    elif flow_active():
+                        await callback(message)
                     else:
                         await self.wait_first(callback(message), self.suspend_flow.wait())
                     set_read_offset(tp, offset)
