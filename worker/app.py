@@ -12,10 +12,10 @@ import faust
 import httpx
 from faust.types import TP, Message
 
-from worker import faust_tuning
+from worker import faust_tuning, store
 from worker.config import Registry
 from worker.expiry import sweep
-from worker.kafka import follow_config, partition_for
+from worker.kafka import client_options, follow_config, partition_for
 from worker.metrics import Metrics
 from worker.pipeline import Pipeline
 from worker.settings import Settings
@@ -70,6 +70,15 @@ def faust_settings(settings: Settings, partitions: int) -> dict[str, Any]:
     return conf
 
 
+def _store_settings(settings: Settings) -> dict[str, Any]:
+    """The table's store: the memory store loads its partitions itself (worker/store.py)."""
+    if settings.store != "memory":
+        return {}  # Faust's rocksdb store, from the app's `store` setting
+    client = client_options(settings)
+    source = settings.topics.inbound
+    return {"store": f"{store.SCHEME}://local", "options": {"client": client, "source": source}}
+
+
 def create_app(
     settings: Settings, *, partitions: Mapping[str, int], registry: Registry
 ) -> faust.App:
@@ -84,7 +93,12 @@ def create_app(
     inbound = app.topic(t.inbound, schema=raw, partitions=inbound_partitions)
     # key: organization/bot/session; value: decide.SessionState.encode()
     sessions = app.Table(
-        "sessions", default=None, partitions=inbound_partitions, key_type=bytes, value_type=bytes
+        "sessions",
+        default=None,
+        partitions=inbound_partitions,
+        key_type=bytes,
+        value_type=bytes,
+        **_store_settings(settings),
     )
     client: httpx.AsyncClient = new_client(settings.max_concurrent_calls)
     http = Http(
