@@ -31,6 +31,8 @@ def test_restart_keeps_validated_sessions(harness: Harness) -> None:
     h.stop_worker(worker)
 
     h.start_worker(config)
+    # the memory store read its partitions itself, not through Faust's replay (store.py)
+    assert "loaded 4 table partitions" in h.logs[-1].read_text()
     h.send(event(ok, "m1", "tok-ok"), event(bad, "m1", "tok-bad"))
     outs = h.wait_decisions(ok, 2)
     assert [reason(o) for o in outs] == ["validated", "cached"]
