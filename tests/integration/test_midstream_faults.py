@@ -91,3 +91,34 @@ def test_memory_stays_bounded_while_the_api_hangs(harness: Harness) -> None:
     assert [reason(o) for o in outs] == ["validated"] + ["cached"] * (messages - 1)
     assert h.api.calls["tok-hang"] == 1
     print(f"\nAPI hung 12 s: held at most {max(held):.0f} messages, RSS +{grown_mib:.1f} MiB")
+
+
+def test_connector_deleted_while_sessions_use_it(harness: Harness) -> None:
+    h = harness
+    h.start_worker(None)
+    path = h.write_config([bot("live")], [connector("main", h.server.url)])
+    assert h.cli("config", "publish", str(path)).returncode == 0
+    h.api.tokens["tok-del"] = "dee"
+
+    def one(n: int) -> str:
+        h.send(event("s-del", f"m{n}", "tok-del", bot="live"))
+        return reason(h.wait_decisions("s-del", n + 1)[-1])
+
+    n = 0
+    while one(n) == "unknown_bot":  # until the worker has read the published config
+        n += 1
+        time.sleep(0.2)
+    assert one(n := n + 1) == "cached"
+    deleted = h.cli("config", "delete", "--connector", "acme/main")
+    assert deleted.returncode == 0, deleted.stderr
+    # fail closed at once, even for a session validated a moment ago: nothing is called
+    while (got := one(n := n + 1)) == "cached":
+        time.sleep(0.2)
+    assert got == "misconfigured"
+    out = h.decisions("s-del")[-1]
+    assert out.doc is not None and out.doc["detail"] == "connector acme/main not found"
+    assert h.api.calls["tok-del"] == 1
+    assert h.cli("config", "publish", str(path)).returncode == 0  # back: the state still holds
+    while (got := one(n := n + 1)) == "misconfigured":
+        time.sleep(0.2)
+    assert got == "cached" and h.api.calls["tok-del"] == 1
