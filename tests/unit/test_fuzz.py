@@ -23,21 +23,12 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_pipeline import BOT, CON
-from worker.config import Registry, load_file, parse_bot, parse_connector
+from tests.unit.test_pipeline import BOT, CON, build
+from worker.config import load_file
 from worker.errors import ConfigError
 from worker.events import Reason
-from worker.metrics import Metrics
 from worker.pipeline import Pipeline
 from worker.settings import Topics
-from worker.validators.auth import ConnectorAuth
-from worker.validators.baas import BaasValidator
-from worker.validators.calls import ConnectorCalls
-from worker.validators.circuit import CircuitBreaker
-from worker.validators.http import Http
-from worker.validators.introspection import IntrospectionValidator
-from worker.validators.jwt import JwtValidator
-from worker.vault import Vault
 
 SCALE = int(os.environ.get("FUZZ_EXAMPLES", 1000))
 REASONS = set(typing.get_args(Reason))
@@ -98,35 +89,14 @@ def inbound(draw: st.DrawFn) -> tuple[bytes | None, bytes | None]:
 
 
 def pipeline(outputs: list[tuple[str, bytes]]) -> Pipeline:
-    registry = Registry()
-    registry.bots["acme/b"] = parse_bot(BOT, "t")
-    registry.bots["acme/open"] = parse_bot(
-        {"Name": "open", "Organization": "acme", "SecureSession": False}, "t"
-    )
-    registry.connectors["acme/A"] = parse_connector(CON, "t")
-
     async def api(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200 if request.headers.get("X-T", "").startswith("ok") else 403)
-
-    client = httpx.AsyncClient(transport=httpx.MockTransport(api))
-    vault = Vault(None, {})
-    http = Http(client, retries=0, backoff_s=0, connect_timeout_s=1, max_concurrent=10)
-    calls = ConnectorCalls(http, ConnectorAuth(http, vault), CircuitBreaker(100, 1))
 
     async def send(topic: str, key: bytes | None, value: bytes, headers: Any = None) -> None:
         outputs.append((topic, value))
 
-    return Pipeline(
-        registry=registry,
-        baas=BaasValidator(calls, vault),
-        introspection=IntrospectionValidator(calls, vault),
-        jwt=JwtValidator(vault),
-        table={},
-        send=send,
-        topics=TOPICS,
-        max_held=1000,
-        metrics=Metrics(),
-    )
+    plain = {"Name": "open", "Organization": "acme", "SecureSession": False}
+    return build(api, send, max_held=1000, more_bots=(plain,))
 
 
 @FUZZ

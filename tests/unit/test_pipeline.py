@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -10,7 +11,7 @@ import orjson
 
 from worker.config import Registry, parse_bot, parse_connector
 from worker.metrics import Metrics
-from worker.pipeline import Pipeline
+from worker.pipeline import Pipeline, Send
 from worker.settings import Topics
 from worker.validators.auth import ConnectorAuth
 from worker.validators.baas import BaasValidator
@@ -49,22 +50,22 @@ class Gate:
         return httpx.Response(200 if request.headers["X-T"].startswith("ok") else 403)
 
 
-def make(gate: Gate, max_held: int = 100) -> tuple[Pipeline, list[tuple[str, Any]], list[int]]:
-    sent: list[tuple[str, Any]] = []
-    acked: list[int] = []
+def build(
+    handler: Callable[[httpx.Request], Awaitable[httpx.Response]],
+    send: Send,
+    max_held: int = 100,
+    more_bots: tuple[dict[str, Any], ...] = (),
+) -> Pipeline:
+    """A pipeline over bot acme/b, connector acme/A, an in-memory table and `handler`."""
     registry = Registry()
-    registry.bots["acme/b"] = parse_bot(BOT, "t")
+    for b in (BOT, *more_bots):
+        registry.bots[f"acme/{b['Name']}"] = parse_bot(b, "t")
     registry.connectors["acme/A"] = parse_connector(CON, "t")
-    client = httpx.AsyncClient(transport=httpx.MockTransport(gate.handler))
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     vault = Vault(None, {})
     http = Http(client, retries=0, backoff_s=0, connect_timeout_s=1, max_concurrent=10)
     calls = ConnectorCalls(http, ConnectorAuth(http, vault), CircuitBreaker(100, 1))
-
-    async def send(topic: str, key: bytes | None, value: bytes, headers: Any = None) -> None:
-        doc = orjson.loads(value)
-        sent.append((topic, doc["id"] if topic == Topics().allowed else doc))
-
-    p = Pipeline(
+    return Pipeline(
         registry=registry,
         baas=BaasValidator(calls, vault),
         introspection=IntrospectionValidator(calls, vault),
@@ -75,7 +76,17 @@ def make(gate: Gate, max_held: int = 100) -> tuple[Pipeline, list[tuple[str, Any
         max_held=max_held,
         metrics=Metrics(),
     )
-    return p, sent, acked
+
+
+def make(gate: Gate, max_held: int = 100) -> tuple[Pipeline, list[tuple[str, Any]], list[int]]:
+    sent: list[tuple[str, Any]] = []
+    acked: list[int] = []
+
+    async def send(topic: str, key: bytes | None, value: bytes, headers: Any = None) -> None:
+        doc = orjson.loads(value)
+        sent.append((topic, doc["id"] if topic == Topics().allowed else doc))
+
+    return build(gate.handler, send, max_held), sent, acked
 
 
 def ev(session: str, i: int, token: str) -> bytes:
