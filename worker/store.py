@@ -14,18 +14,22 @@ without a host is false to yarl, and Faust would fall back to the app-wide store
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
 
 import faust.stores
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from faust.stores import memory
 from faust.types import TP
 
 log = logging.getLogger(__name__)
 
 SCHEME = "ssmemory"
+LOAD_TIMEOUT_S = 120.0
+"""A load that takes longer (a broker that stopped answering) is left to Faust's recovery."""
 faust.stores.STORES.aliases[SCHEME] = f"{__name__}:Store"
 
 
@@ -62,8 +66,19 @@ class Store(memory.Store):  # type: ignore[type-arg]
         )
         for tp in revoked:
             self._loaded.pop(TP(changelog, tp.partition), None)
-        if tps:
-            await self._load(options["client"], tps)
+        if not tps:
+            return
+        try:
+            async with asyncio.timeout(LOAD_TIMEOUT_S):
+                await self._load(options["client"], tps)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            # what was read stays (replaying it again is harmless); Faust reads it all
+            for tp in tps:
+                self._loaded.pop(tp, None)
+            log.warning(
+                "table partitions not loaded (%s); Faust's recovery replays them",
+                exc.__class__.__name__,
+            )
 
     async def _load(self, client: dict[str, Any], tps: list[TP]) -> None:
         started = time.monotonic()
