@@ -39,7 +39,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from worker.decide import SessionState
 from worker.demo.authapi import AuthorizationAPI, RunningAPI
-from worker.demo.broker import EmbeddedBroker
+from worker.demo.broker import EmbeddedBroker, stop_process
 
 HERE = Path(__file__).parent
 PARTITIONS = 8
@@ -161,13 +161,7 @@ class Bench:
         return proc
 
     def stop_worker(self, proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc, 60)
         self.workers.remove(proc)
 
     async def produce(self, topic: str, records: list[tuple[bytes, bytes]]) -> None:

@@ -10,7 +10,6 @@ import asyncio
 import concurrent.futures
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from aiokafka.errors import KafkaError
 
 from tests.conftest import Broker
 from worker.demo.authapi import AuthorizationAPI, RunningAPI
+from worker.demo.broker import stop_process
 
 T = TypeVar("T")
 SCHEMAS = Path(__file__).parents[2] / "schemas"
@@ -153,7 +153,7 @@ class Harness:
     def stop(self) -> None:
         try:
             for proc in self.workers:
-                self._stop_worker(proc)
+                stop_process(proc)
             if hasattr(self, "_collector"):
                 self._collector.cancel()
                 time.sleep(0.3)  # let the collector's consumer stop
@@ -241,17 +241,8 @@ class Harness:
             time.sleep(0.1)
         raise AssertionError(f"worker not ready in {timeout} s:\n{log.read_text()[-3000:]}")
 
-    def _stop_worker(self, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
     def stop_worker(self, proc: subprocess.Popen[bytes]) -> None:
-        self._stop_worker(proc)
+        stop_process(proc)
         self.workers.remove(proc)
 
     def cli(self, *args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:

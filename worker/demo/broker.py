@@ -5,10 +5,25 @@ For tests and `secure-session dev` only; users run Apache Kafka (docker-compose.
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
 from types import TracebackType
+
+
+def stop_process(
+    proc: subprocess.Popen[bytes], timeout_s: float = 30, sig: int = signal.SIGTERM
+) -> None:
+    """Stop a process we started: `sig`, then SIGKILL if it has not exited in `timeout_s`."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def free_port() -> int:
@@ -64,14 +79,9 @@ class EmbeddedBroker:
         raise RuntimeError(f"tansu did not listen on port {self.port} within {timeout_s} s")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(2)  # SIGINT: SIGTERM waits 5 s while clients are connected
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            # SIGINT: on SIGTERM tansu waits 5 s while clients are connected
+            stop_process(self.process, 5, signal.SIGINT)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from rich.console import Console
 from rich.live import Live
 
 from worker.demo.authapi import AuthorizationAPI, RunningAPI
-from worker.demo.broker import EmbeddedBroker
+from worker.demo.broker import EmbeddedBroker, stop_process
 from worker.demo.traffic import print_line, run_traffic
 from worker.demo.view import DevView
 
@@ -145,13 +144,7 @@ async def run_async(
         print(f"\n{shown} decisions shown; Authorization API calls: {sum(api.calls.values())}")
         return 0
     finally:
-        if worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+        stop_process(worker)
         log.close()
         broker.stop()
         await server.stop()
