@@ -46,6 +46,7 @@ class KafkaTuning:
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,10 +191,10 @@ class Settings:
             circuit_cooldown_s=r.get(
                 "SECURE_SESSION_CIRCUIT_COOLDOWN_S", _non_negative(float), d.circuit_cooldown_s
             ),
-            log_level=r.get("SECURE_SESSION_LOG_LEVEL", _log_level, d.log_level),
+            log_level=r.get("SECURE_SESSION_LOG_LEVEL", _one_of(*LOG_LEVELS), d.log_level),
             log_format=r.get("SECURE_SESSION_LOG_FORMAT", _one_of("text", "json"), d.log_format),
             create_topics=r.get("SECURE_SESSION_CREATE_TOPICS", _bool, d.create_topics),
-            store=r.get("SECURE_SESSION_STORE", _store, d.store),
+            store=r.get("SECURE_SESSION_STORE", _one_of("memory", "rocksdb"), d.store),
             expiry_multiple=r.get(
                 "SECURE_SESSION_EXPIRY_MULTIPLE", _positive(float), d.expiry_multiple
             ),
@@ -255,17 +256,6 @@ def _non_negative(kind: Callable[[str], T]) -> Callable[[str], T]:
         return value
 
     return parse
-
-
-def _log_level(raw: str) -> str:
-    low = raw.lower()
-    if low not in ("debug", "info", "warning", "error", "critical"):
-        raise ValueError("expected debug, info, warning, error or critical")
-    return low
-
-
-def _store(raw: str) -> str:
-    return _one_of("memory", "rocksdb")(raw)
 
 
 def _one_of(*choices: str, upper: bool = False) -> Callable[[str], str]:
