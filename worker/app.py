@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -158,6 +159,13 @@ def create_app(
             await follow_config(settings, registry, config_ready)
         finally:
             await client.aclose()
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def freeze_startup_objects() -> None:
+        await config_ready.wait()
+        # Faust, the modules and the configuration leave the collector's full passes, which
+        # otherwise scan them all and pause every decision ~70 ms (README, Performance)
+        gc.freeze()
 
     async def decide(message: Message) -> None:
         if not config_ready.is_set():
