@@ -18,6 +18,7 @@ from worker.config import Registry
 from worker.expiry import sweep
 from worker.kafka import client_options, follow_config, partition_for
 from worker.metrics import Metrics
+from worker.outbox import Outbox
 from worker.pipeline import Pipeline
 from worker.settings import Settings
 from worker.validators.auth import ConnectorAuth
@@ -117,24 +118,25 @@ def create_app(
     breaker = CircuitBreaker(settings.circuit_failures, settings.circuit_cooldown_s)
     calls = ConnectorCalls(http, ConnectorAuth(http, vault), breaker)
 
+    def delivery_failed(exc: BaseException) -> None:
+        # at least once: never let a commit pass a record that was not written
+        log.critical("producing a decision failed: %r; stopping the worker", exc)
+        app.loop.create_task(app.crash(exc))
+
+    outbox = Outbox(lambda: faust_tuning.kafka_producer(app), delivery_failed)
+    faust_tuning.before_flush(app, outbox.flush)
+
     async def send(
         topic: str,
         key: bytes | None,
         value: bytes,
         headers: Sequence[tuple[str, bytes]] | None = None,
     ) -> None:
-        # queued in order; Faust flushes the producer before it commits any offset
-        partition = None if key is None else partition_for(key, partitions[topic])
-        fut = await faust_tuning.kafka_producer(app).send(
-            topic, value, key=key, partition=partition, headers=headers
-        )
-        fut.add_done_callback(_delivery_failed)
-
-    def _delivery_failed(fut: asyncio.Future[Any]) -> None:
-        if not fut.cancelled() and fut.exception() is not None:
-            # at least once: never let a commit pass a record that was not written
-            log.critical("producing a decision failed: %r; stopping the worker", fut.exception())
-            app.loop.create_task(app.crash(fut.exception()))  # type: ignore[arg-type]
+        count = partitions[topic]
+        partition = None if key is None else partition_for(key, count)
+        outbox.add(topic, partition, count, key, value, headers)
+        if outbox.full:
+            await outbox.room()
 
     pipeline = Pipeline(
         registry=registry,

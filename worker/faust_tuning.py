@@ -43,11 +43,25 @@ from faust.exceptions import ConsumerNotStarted
 from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as driver
 from faust.types import Message
+from mode.utils.futures import maybe_async
 
 Handler = Callable[[Message], Awaitable[None]]
 
 
 class _ConsumerThread(driver.AIOKafkaConsumerThread):
+    """Faust's consumer "thread", run as a service of the worker's own event loop."""
+
+    async def start(self) -> None:
+        # mode's ServiceThread.start() runs _serve() in a new thread with its own loop
+        self._thread_started.set()
+        self._thread_running = asyncio.Future(loop=self.parent_loop)
+        self.add_future(self._serve())
+        await self._thread_running
+        self._thread_running = None
+
+    async def call_thread(self, fun: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return await maybe_async(fun(*args, **kw))  # same loop: no queue, no thread hop
+
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         # read by AIOKafkaConsumer.start() when it builds its Fetcher
@@ -57,7 +71,7 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
 
 class _Consumer(driver.Consumer):
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
-        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+        return _ConsumerThread(self, loop=self.loop, thread_loop=self.loop, beacon=self.beacon)
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - via workers
         """Faust's drain loop (faust/transport/consumer.py), with the inbound fast path."""
@@ -116,10 +130,20 @@ class _Consumer(driver.Consumer):
             raise
 
 
+class _Producer(driver.Producer):
+    before_flush: Callable[[], Awaitable[None]] | None = None
+
+    async def flush(self) -> None:
+        if self.before_flush is not None:
+            await self.before_flush()
+        await super().flush()
+
+
 class Transport(driver.Transport):
-    """Faust's aiokafka transport with the worker's consumer."""
+    """Faust's aiokafka transport with the worker's consumer and producer."""
 
     Consumer = _Consumer
+    Producer = _Producer
 
 
 def install(app: faust.App, *, fetch_max_wait_ms: int) -> None:
@@ -133,6 +157,11 @@ def route(app: faust.App, topic: faust.TopicT, handler: Handler) -> None:
     """`handler` receives every message of `topic`, in the consumer's drain loop."""
     app.conf.secure_session_fast_path = (topic.get_topic_name(), handler)
     app.topics.add(topic)  # subscribed and acked like a stream's topic
+
+
+def before_flush(app: faust.App, flush: Callable[[], Awaitable[None]]) -> None:
+    """Await `flush` whenever Faust flushes its producer (before every offset commit)."""
+    app.producer.before_flush = flush  # type: ignore[attr-defined]
 
 
 def kafka_producer(app: faust.App) -> aiokafka.AIOKafkaProducer:

@@ -1,0 +1,156 @@
+"""Decisions to Kafka in batches: one aiokafka batch per topic partition and loop turn.
+
+aiokafka's `send()` costs, for every record, a metadata lookup, a future, and a callback
+when the broker answers: a third of the worker's time on the cached path (bench/, py-spy).
+Here a record goes into the open `BatchBuilder` of its topic partition; at the end of the
+event-loop turn in which the first one came, every open builder is closed and handed to the
+producer (`send_batch`): one future per batch. Under load a turn decides ~100 records (the
+consumer's drain loop yields every 100), so batches fill; at low rates they go at once.
+
+At least once: a record may be acked once it is `add`ed. Faust flushes the producer before
+every commit, and its producer (worker/faust_tuning.py) first awaits `flush()` here, which
+hands over the open builders, waits for every batch to be delivered, and raises if one was
+not, so that commit fails instead of passing records that were never written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+log = logging.getLogger(__name__)
+
+TP = tuple[str, int]
+
+
+class Outbox:
+    """Batches records per topic partition; see the module docstring."""
+
+    def __init__(
+        self,
+        producer: Callable[[], AIOKafkaProducer],
+        on_failure: Callable[[BaseException], None],
+        *,
+        max_queued: int = 64,
+    ) -> None:
+        self._producer = producer
+        self._on_failure = on_failure
+        self._max_queued = max_queued
+        self._open: dict[TP, Any] = {}  # aiokafka BatchBuilder, still taking records
+        self._queued: dict[TP, deque[Any]] = {}  # closed, in order, not yet handed over
+        self._senders: dict[TP, asyncio.Task[None]] = {}
+        self._closed: dict[TP, int] = {}  # batches closed, by topic partition
+        self._sent: dict[TP, int] = {}  # batches delivered
+        self._progress = asyncio.Event()  # set when one is
+        self._n_queued = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._turn_scheduled = False
+        self._failure: BaseException | None = None
+        self._round_robin = itertools.count()
+
+    def add(
+        self,
+        topic: str,
+        partition: int | None,
+        partitions: int,
+        key: bytes | None,
+        value: bytes,
+        headers: Sequence[tuple[str, bytes]] | None,
+    ) -> None:
+        """Queue a record (in call order per topic partition); never waits."""
+        if partition is None:
+            partition = next(self._round_robin) % partitions
+        tp = (topic, partition)
+        headers = list(headers or ())
+        builder = self._open.get(tp)
+        if (
+            builder is None
+            or builder.append(timestamp=None, key=key, value=value, headers=headers) is None
+        ):
+            if builder is not None:  # full (append closed it): next in line
+                self._enqueue(tp, builder)
+            builder = self._open[tp] = self._producer().create_batch()
+            # an empty batch takes any record (the pipeline keeps records under 1 MB)
+            builder.append(timestamp=None, key=key, value=value, headers=headers)
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            asyncio.get_running_loop().call_soon(self._end_of_turn)
+
+    @property
+    def full(self) -> bool:
+        """Too many closed batches wait: the caller should `await room()`."""
+        return self._n_queued >= self._max_queued
+
+    async def room(self) -> None:
+        await self._room.wait()
+
+    async def flush(self) -> None:
+        """Wait until every record added so far is delivered (not the ones added meanwhile:
+        under steady load that would never end); raise if one could not be."""
+        for tp, builder in self._open.items():
+            builder.close()
+            self._enqueue(tp, builder)
+        self._open.clear()
+        target = dict(self._closed)
+        self._end_of_turn()
+        while self._failure is None and any(self._sent[tp] < n for tp, n in target.items()):
+            self._progress.clear()
+            await self._progress.wait()
+        if self._failure is not None:
+            raise self._failure
+
+    def _enqueue(self, tp: TP, builder: Any) -> None:
+        queue = self._queued.get(tp)
+        if queue is None:
+            queue = self._queued[tp] = deque()
+            self._closed[tp] = self._sent[tp] = 0
+        queue.append(builder)
+        self._closed[tp] += 1
+        self._n_queued += 1
+        if self._n_queued >= self._max_queued:
+            self._room.clear()
+
+    def _end_of_turn(self) -> None:
+        self._turn_scheduled = False
+        for tp in itertools.chain(self._open, (tp for tp, q in self._queued.items() if q)):
+            if tp not in self._senders:
+                self._senders[tp] = asyncio.create_task(self._send(tp))
+
+    async def _send(self, tp: TP) -> None:
+        """Hand `tp`'s batches to the producer in order, the next once the last is delivered
+        (as aiokafka does with `send()`): meanwhile the open batch fills."""
+        producer = self._producer()
+        try:
+            while self._failure is None:
+                if tp in self._open and not self._queued.get(tp):
+                    self._enqueue(tp, self._open.pop(tp))
+                queue = self._queued.get(tp)
+                if not queue:
+                    return
+                builder = queue.popleft()
+                builder.close()
+                self._n_queued -= 1
+                if self._n_queued < self._max_queued:
+                    self._room.set()
+                delivered = await producer.send_batch(builder, tp[0], partition=tp[1])
+                await delivered
+                self._sent[tp] += 1
+                self._progress.set()
+        except Exception as exc:  # noqa: BLE001 - not written: the worker must stop
+            self._fail(exc)
+        finally:
+            del self._senders[tp]
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+            self._room.set()  # nothing waits forever: the worker stops, no commit passes
+            self._progress.set()
+            self._on_failure(exc)
