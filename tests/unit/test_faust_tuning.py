@@ -29,3 +29,35 @@ async def test_the_worker_consumer_gets_the_configured_fetch_wait() -> None:
         await created.stop()
         del app, consumer, thread, created
         gc.collect()  # the leaked loop is reported here, under this test's filters
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_the_consumer_thread_runs_in_the_worker_loop_and_calls_directly() -> None:
+    app = faust.App("tuning-loop-test", broker="kafka://127.0.0.1:1")
+    faust_tuning.install(app, fetch_max_wait_ms=7)
+    thread = app.consumer._new_consumer_thread()
+    try:
+        # mode's ServiceThread parts the in-loop start relies on
+        assert thread.thread_loop is thread.parent_loop is app.consumer.loop
+        for name in ("_thread_started", "_serve", "wait_until_stopped", "add_future"):
+            assert hasattr(thread, name), name
+
+        async def double(n: int) -> int:
+            return 2 * n
+
+        assert await thread.call_thread(double, 21) == 42
+        assert await thread.call_thread(lambda n: n + 1, 1) == 2  # plain functions too
+        producer = app.producer
+        assert isinstance(producer, faust_tuning._Producer)
+        flushed: list[bool] = []
+
+        async def before() -> None:
+            flushed.append(True)
+
+        faust_tuning.before_flush(app, before)
+        await producer.flush()  # no aiokafka producer yet: only the hook runs
+        assert flushed == [True]
+    finally:
+        del app, thread
+        gc.collect()
