@@ -1,8 +1,8 @@
 """The one place that reaches into Faust's internals (faust-streaming pinned in pyproject).
 
 Faust keeps what the worker needs from it: the consumer group, the changelog-backed
-table and its recovery, commits, rebalances. Three things are changed, through Faust's own
-extension point (the transport's `Consumer` class and its consumer thread):
+table and its recovery, commits, rebalances. Five things are changed, through Faust's own
+extension point (the transport's `Consumer` and `Producer` classes, the consumer thread):
 
 1. The consumer's fetch wait. Faust 0.15.3 hard-codes `fetch_max_wait_ms=1500`; on a
    broker that holds a fetch for most of that wait (tansu) it is the latency floor of
