@@ -324,7 +324,7 @@ async def committed(b: Bench, group: str, topic: str) -> int:
 
 
 async def worker_rate(
-    b: Bench, tag: str, inbound_total: int, outputs: list[str], output_total: int
+    b: Bench, tag: str, inbound_total: int, outputs: list[str], output_total: int, expected: int
 ) -> float:
     """Start a worker on a backlog of `tag`'s inbound topic; its msg/s from the timestamps
     of its first and last output records (set when it appended them). Nothing else runs
@@ -359,6 +359,7 @@ async def worker_rate(
             stamps.append(m.timestamp)
 
     await b.drain(outputs, output_total, on=stamp)
+    assert len(stamps) == expected, f"{len(stamps)} decisions for {expected} records"
     return len(stamps) / ((max(stamps) - min(stamps)) / 1000)
 
 
@@ -383,7 +384,7 @@ async def cached_path(b: Bench, sessions: int, messages: int, rounds: int) -> di
         records = workload(sessions, messages // sessions, "c")
         await b.produce(t["inbound"], records)
         total += len(records)
-        cached.append(await worker_rate(b, "cached", total, [t["allowed"]], total))
+        cached.append(await worker_rate(b, "cached", total, [t["allowed"]], total, len(records)))
         print(f"  round {n + 1}: bare {bare[-1]:,.0f} msg/s, worker {cached[-1]:,.0f} msg/s")
     assert sum(b.api.calls.values()) == calls, "the cached path made calls"
     return {
@@ -425,7 +426,7 @@ async def slow_api(b: Bench, sessions: int, per_session: int) -> dict[str, Any]:
     await b.produce(t["inbound"], records)
     try:
         rate = await worker_rate(
-            b, "slow", len(records), [t["allowed"], t["blocked"]], len(records)
+            b, "slow", len(records), [t["allowed"], t["blocked"]], len(records), len(records)
         )
     finally:
         b.api.default_delay_s = 0.0

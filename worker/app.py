@@ -144,6 +144,7 @@ def create_app(
         introspection=IntrospectionValidator(calls, vault),
         jwt=JwtValidator(vault),
         table=sessions,
+        reads=sessions.data,
         send=send,
         topics=t,
         max_held=settings.max_held_messages,
@@ -175,7 +176,9 @@ def create_app(
         await pipeline.submit(message.key, message.value, message.tp, ack(message), message)
 
     def ack(message: Message) -> Callable[[], bool]:
-        return lambda: message.ack(app.consumer)
+        # the consumer's ack itself: Message.ack only counts references, which the fast
+        # path never takes (bench: the ack chain was 9% of the cached path)
+        return lambda: app.consumer.ack(message)
 
     faust_tuning.route(app, inbound, decide)
 

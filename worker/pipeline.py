@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -98,11 +98,14 @@ class Pipeline:
         max_record_bytes: int = 1_000_000,
         run_as: RunAs = lambda _origin, fn, *args: fn(*args),
         clock: Callable[[], float] = time.time,
+        reads: Mapping[bytes, bytes] | None = None,
     ) -> None:
         self._registry = registry
         self._remote: dict[str, RemoteValidator] = {"baas": baas, "introspection": introspection}
         self._jwt = jwt
         self._table = table
+        self._reads = table if reads is None else reads
+        """Where state is read: the table's store itself (Faust's table adds per-read hooks)."""
         self._send = send
         self._topics = topics
         self._max_held = max_held
@@ -191,7 +194,7 @@ class Pipeline:
                 return False
             remote = self._remote[bot.type]
             check = remote.prepare(bot, connector, event)
-        state = SessionState.decode(self._table.get(event.state_key))
+        state = SessionState.decode(self._reads.get(event.state_key))
         decision = decide_message(
             state, check.fingerprint, bot.interval_s, bot.failure_mode, self._now_ms(), waited_for
         )
@@ -238,7 +241,7 @@ class Pipeline:
         new_state = state_after(result)
         key = record.event.state_key
         if new_state is not None and new_state.identity is not None:
-            old = SessionState.decode(self._table.get(key))
+            old = SessionState.decode(self._reads.get(key))
             if old is not None and old.identity not in (None, new_state.identity):
                 log.warning(
                     "identity changed in session: %s -> %s",
