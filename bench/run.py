@@ -746,6 +746,14 @@ async def main() -> None:
                 rate = await scale_out(bench, n, 1000, env_int("BENCH_MESSAGES", 100_000))
                 print(f"{n} worker(s): {rate:,.0f} msg/s", flush=True)
             return
+        if os.environ.get("BENCH_ONLY") == "slow":
+            slow = await slow_api(
+                bench,
+                env_int("BENCH_SLOW_SESSIONS", 10_000),
+                env_int("BENCH_SLOW_PER_SESSION", 100),
+            )
+            print(json.dumps(slow))
+            return
         if os.environ.get("BENCH_ONLY") == "latency":
             seconds = env_int("BENCH_LATENCY_SECONDS", 10)
             r |= await latency_figures(bench, 2000, seconds, "hop")

@@ -10,7 +10,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import faust
-import httpx
 from faust.types import TP, Message
 
 from worker import faust_tuning, store
@@ -26,7 +25,7 @@ from worker.validators.baas import BaasValidator
 from worker.validators.calls import ConnectorCalls
 from worker.validators.circuit import CircuitBreaker
 from worker.validators.guard import Allowed, EndpointGuard
-from worker.validators.http import Http, new_client
+from worker.validators.http import Http, new_clients
 from worker.validators.introspection import IntrospectionValidator
 from worker.validators.jwt import JwtValidator
 from worker.vault import Vault
@@ -102,9 +101,9 @@ def create_app(
         value_type=bytes,
         **_store_settings(settings),
     )
-    client: httpx.AsyncClient = new_client(settings.max_concurrent_calls)
+    clients = new_clients(settings.max_concurrent_calls)
     http = Http(
-        client,
+        clients,
         retries=settings.http_retries,
         backoff_s=settings.http_backoff_s,
         connect_timeout_s=settings.http_connect_timeout_s,
@@ -161,7 +160,8 @@ def create_app(
         try:
             await follow_config(settings, registry, config_ready)
         finally:
-            await client.aclose()
+            for client in clients:
+                await client.aclose()
 
     @app.task  # type: ignore[untyped-decorator]
     async def freeze_startup_objects() -> None:

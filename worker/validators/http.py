@@ -1,4 +1,4 @@
-"""HTTP calls to customer APIs: one client, bounded concurrency, timeouts, retries.
+"""HTTP calls to customer APIs: pooled clients, bounded concurrency, timeouts, retries.
 
 Retries are for 5xx, timeouts and connection errors only (never 4xx); redirects are
 never followed (a 3xx is an answer). Calls in flight are bounded by a semaphore sized to
@@ -13,13 +13,23 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
 
 from worker.errors import Misconfigured
 from worker.validators.guard import EndpointGuard
+
+POOL_SHARD = 16
+"""Connections per client: httpcore's pool bookkeeping costs O(connections²) a request
+(encode/httpcore#1035); 200 connections in one pool cost ~20 ms of CPU a call (measured)."""
+
+
+def new_clients(max_connections: int) -> list[httpx.AsyncClient]:
+    """Clients whose pools together hold `max_connections`, each at most `POOL_SHARD`."""
+    shards = -(-max_connections // POOL_SHARD)
+    return [new_client(-(-max_connections // shards)) for _ in range(shards)]
 
 
 def new_client(max_connections: int) -> httpx.AsyncClient:
@@ -57,7 +67,7 @@ class Http:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: httpx.AsyncClient | Sequence[httpx.AsyncClient],
         *,
         retries: int,
         backoff_s: float,
@@ -68,7 +78,10 @@ class Http:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.client = client
+        self._clients = [client] if isinstance(client, httpx.AsyncClient) else list(client)
+        self._in_flight = [0] * len(self._clients)
+        self.client = self._clients[0]
+        """For building requests (any of the clients builds the same)."""
         self._retries = retries
         self._backoff_s = backoff_s
         self._connect_timeout_s = connect_timeout_s
@@ -119,11 +132,16 @@ class Http:
         timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, self._connect_timeout_s))
         request.extensions["timeout"] = timeout.as_dict()
         async with self._slots:
+            # the least busy pool: none holds more calls than connections (the slots bound all)
+            shard = min(range(len(self._clients)), key=self._in_flight.__getitem__)
+            self._in_flight[shard] += 1
             try:
                 async with asyncio.timeout(timeout_s):
-                    response = await self.client.send(request, stream=True)
+                    response = await self._clients[shard].send(request, stream=True)
                     try:
-                        body = await self._read(response) if read_body else None
+                        # read even an unwanted body (bounded): unread, it keeps the
+                        # connection from going back to the pool (a new one every call)
+                        body = await self._read(response, keep=read_body)
                     finally:
                         await response.aclose()
             except (TimeoutError, httpx.TimeoutException):
@@ -133,20 +151,26 @@ class Http:
             except Exception as exc:  # noqa: BLE001 - any failure of the call is "no answer"
                 # the message of an httpx error may hold the URL (and query credentials)
                 return None, None, f"{what} connection failed ({exc.__class__.__name__})"
+            finally:
+                self._in_flight[shard] -= 1
         status = response.status_code
         if 300 <= status < 400:
             return status, body, f"{what} answered {status}; redirects are not followed"
         return status, body, f"{what} answered {status}"
 
-    async def _read(self, response: httpx.Response) -> bytes:
+    async def _read(self, response: httpx.Response, *, keep: bool) -> bytes | None:
+        """The body up to the size bound (too large: `_TooLarge` if kept, else dropped)."""
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.aiter_bytes():
             size += len(chunk)
             if size > self._max_body:
-                raise _TooLarge
-            chunks.append(chunk)
-        return b"".join(chunks)
+                if keep:
+                    raise _TooLarge
+                return None  # the connection is closed, not reused
+            if keep:
+                chunks.append(chunk)
+        return b"".join(chunks) if keep else None
 
 
 class _TooLarge(Exception):

@@ -1,0 +1,99 @@
+"""Connections to customer APIs are reused, and the pools stay small (httpcore's cost)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from worker.validators.http import POOL_SHARD, Http, new_clients
+
+
+class KeepAliveApi:
+    """HTTP/1.1 with keep-alive: answers every request on a connection with a small body."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length")
+                    ),
+                    0,
+                )
+                await reader.readexactly(length)
+                self.in_flight += 1
+                self.most_in_flight = max(self.most_in_flight, self.in_flight)
+                await asyncio.sleep(0.01)
+                self.in_flight -= 1
+                body = b'{"user": "ann", "padding": "' + b"x" * 500 + b'"}'
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[tuple[KeepAliveApi, str]]:
+    raw = KeepAliveApi()
+    server = await asyncio.start_server(raw.handle, "127.0.0.1", 0)
+    try:
+        yield raw, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/check"
+    finally:
+        server.close()
+
+
+async def test_a_connection_is_reused_whether_or_not_the_body_is_wanted(
+    api: tuple[KeepAliveApi, str],
+) -> None:
+    raw, url = api
+    clients = new_clients(4)
+    http = Http(clients, retries=0, backoff_s=0, connect_timeout_s=1, max_concurrent=4)
+
+    async def build() -> httpx.Request:
+        return clients[0].build_request("POST", url, json={"t": "x"})
+
+    try:
+        for n in range(20):
+            answer = await http.call(build, 1, read_body=n % 2 == 0)
+            assert answer.status == 200
+            assert (answer.body is not None) == (n % 2 == 0)
+    finally:
+        for client in clients:
+            await client.aclose()
+    assert raw.connections == 1  # an unread body used to cost a new connection a call
+
+
+async def test_calls_spread_over_small_pools_within_the_bound(
+    api: tuple[KeepAliveApi, str],
+) -> None:
+    raw, url = api
+    clients = new_clients(40)
+    assert len(clients) == 3  # 40 connections: pools of at most POOL_SHARD
+    limits = [c._transport._pool._max_connections for c in clients]  # type: ignore[attr-defined]
+    assert sum(limits) >= 40 and max(limits) <= POOL_SHARD
+    http = Http(clients, retries=0, backoff_s=0, connect_timeout_s=1, max_concurrent=40)
+
+    async def build() -> httpx.Request:
+        return clients[0].build_request("POST", url, json={"t": "x"})
+
+    try:
+        answers = await asyncio.gather(*[http.call(build, 2) for _ in range(200)])
+    finally:
+        for client in clients:
+            await client.aclose()
+    assert all(a.status == 200 for a in answers)
+    assert raw.most_in_flight <= 40
+    assert raw.connections <= 40  # no pool opened more than it holds
