@@ -92,4 +92,8 @@ def config(level: str, fmt: str) -> dict[str, Any]:
             }
         },
         "root": {"level": level.upper(), "handlers": ["default"]},
+        # httpx logs every request's URL at INFO, query string included (a RequestMapping
+        # may put a credential there); httpcore traces at DEBUG: warnings only, whatever
+        # the level (calls are logged by the worker itself, redacted)
+        "loggers": {name: {"level": "WARNING"} for name in ("httpx", "httpcore")},
     }

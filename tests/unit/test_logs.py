@@ -49,3 +49,20 @@ def test_aiokafka_retry_errors_pass_once_per_period_with_a_count() -> None:
     assert (
         r.getMessage() == "Unable connect to node with id 1: refused [50 more like this held back]"
     )
+
+
+def test_http_client_request_lines_never_show_even_at_debug() -> None:
+    import logging.config
+
+    from worker.logs import config
+
+    before = {n: logging.getLogger(n).level for n in ("", "httpx", "httpcore")}
+    try:
+        logging.config.dictConfig(config("debug", "text"))
+        # httpx's INFO line holds the URL with its query string: it may hold a credential
+        assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
+        assert not logging.getLogger("httpcore").isEnabledFor(logging.INFO)
+        assert logging.getLogger("worker").isEnabledFor(logging.DEBUG)
+    finally:
+        for name, level in before.items():
+            logging.getLogger(name).setLevel(level)
