@@ -16,6 +16,7 @@ class KeepAliveApi:
 
     def __init__(self) -> None:
         self.connections = 0
+        self.cookies_back: list[bytes] = []
         self.in_flight = 0
         self.most_in_flight = 0
 
@@ -32,12 +33,18 @@ class KeepAliveApi:
                     0,
                 )
                 await reader.readexactly(length)
+                self.cookies_back += [
+                    line for line in head.split(b"\r\n") if line.lower().startswith(b"cookie")
+                ]
                 self.in_flight += 1
                 self.most_in_flight = max(self.most_in_flight, self.in_flight)
                 await asyncio.sleep(0.01)
                 self.in_flight -= 1
                 body = b'{"user": "ann", "padding": "' + b"x" * 500 + b'"}'
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                cookie = b"Set-Cookie: session=user-a; Path=/\r\n"
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n%s" % (cookie, len(body), body)
+                )
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -74,6 +81,7 @@ async def test_a_connection_is_reused_whether_or_not_the_body_is_wanted(
         for client in clients:
             await client.aclose()
     assert raw.connections == 1  # an unread body used to cost a new connection a call
+    assert raw.cookies_back == []  # one call's cookie never goes out with the next
 
 
 async def test_calls_spread_over_small_pools_within_the_bound(

@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 
@@ -36,6 +37,9 @@ def new_client(max_connections: int) -> httpx.AsyncClient:
     """The worker's one HTTP client: no redirects, a pool sized to the calls allowed at once."""
     return httpx.AsyncClient(
         follow_redirects=False,
+        # no cookie jar: a cookie one user's validation got back must never go out with
+        # another user's call (httpx's client keeps and sends them by default)
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         limits=httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         ),
