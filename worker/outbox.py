@@ -2,10 +2,12 @@
 
 aiokafka's `send()` costs, for every record, a metadata lookup, a future, and a callback
 when the broker answers: a third of the worker's time on the cached path (bench/, py-spy).
-Here a record goes into the open `BatchBuilder` of its topic partition; at the end of the
-event-loop turn in which the first one came, every open builder is closed and handed to the
-producer (`send_batch`): one future per batch. Under load a turn decides ~100 records (the
-consumer's drain loop yields every 100), so batches fill; at low rates they go at once.
+Here a record goes into the open `BatchBuilder` of its topic partition. At the end of the
+event-loop turn in which it came, a partition with no batch on its way hands its builder
+to the producer (`send_batch`: one future per batch); a partition whose last batch is still
+on its way keeps filling the open one and hands it over when that batch is delivered (as
+aiokafka does with `send()`). So at low rates a decision leaves in the turn it was made,
+and under load batches fill by themselves.
 
 At least once: a record may be acked once it is `add`ed. Faust flushes the producer before
 every commit, and its producer (worker/faust_tuning.py) first awaits `flush()` here, which
@@ -17,14 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-
-log = logging.getLogger(__name__)
 
 TP = tuple[str, int]
 
