@@ -67,7 +67,8 @@ class Outbox:
         if partition is None:
             partition = next(self._round_robin) % partitions
         tp = (topic, partition)
-        headers = list(headers or ())
+        if not isinstance(headers, list):  # aiokafka's builder takes lists only
+            headers = list(headers or ())
         builder = self._open.get(tp)
         if (
             builder is None

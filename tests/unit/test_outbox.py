@@ -92,7 +92,7 @@ async def test_keyless_records_are_spread_over_partitions() -> None:
     producer = FakeProducer()
     outbox = Outbox(lambda: producer, print)  # type: ignore[arg-type,return-value]
     for _ in range(6):
-        outbox.add("blocked", None, 3, None, b"x", None)
+        outbox.add("blocked", None, 3, None, b"x", (("h", b"v"),))  # a tuple is copied
     await outbox.flush()
     assert sorted(p for _, p, _ in producer.sent) == [0, 1, 2]
 
