@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from worker.validators.http import POOL_SHARD, Http, new_clients
+from worker.validators.http import POOL_SHARD, Http, new_client, new_clients
 
 
 class KeepAliveApi:
     """HTTP/1.1 with keep-alive: answers every request on a connection with a small body."""
 
-    def __init__(self) -> None:
+    def __init__(self, close_after_answer: bool = False) -> None:
+        self.close_after_answer = close_after_answer
+        """Hang up after each answer, as a server whose keep-alive ran out."""
         self.connections = 0
         self.cookies_back: list[bytes] = []
         self.in_flight = 0
@@ -46,6 +50,8 @@ class KeepAliveApi:
                     b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n%s" % (cookie, len(body), body)
                 )
                 await writer.drain()
+                if self.close_after_answer:
+                    break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -53,11 +59,29 @@ class KeepAliveApi:
 
 
 @pytest.fixture
-async def api() -> AsyncIterator[tuple[KeepAliveApi, str]]:
-    raw = KeepAliveApi()
+async def api(request: pytest.FixtureRequest) -> AsyncIterator[tuple[KeepAliveApi, str]]:
+    raw = KeepAliveApi(close_after_answer=getattr(request, "param", False))
     server = await asyncio.start_server(raw.handle, "127.0.0.1", 0)
     try:
         yield raw, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/check"
+    finally:
+        server.close()
+
+
+@pytest.fixture
+async def tls_api(pki: Path) -> AsyncIterator[tuple[KeepAliveApi, str, ssl.SSLContext]]:
+    """The same API over TLS, and a client context that trusts its certificate."""
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(pki / "cert.pem", pki / "key.pem")
+    raw = KeepAliveApi()
+    server = await asyncio.start_server(raw.handle, "127.0.0.1", 0, ssl=server_side)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        yield (
+            raw,
+            f"https://localhost:{port}/check",
+            ssl.create_default_context(cafile=pki / "cert.pem"),
+        )
     finally:
         server.close()
 
@@ -105,3 +129,51 @@ async def test_calls_spread_over_small_pools_within_the_bound(
     assert all(a.status == 200 for a in answers)
     assert raw.most_in_flight <= 40
     assert raw.connections <= 40  # no pool opened more than it holds
+
+
+@pytest.mark.parametrize("api", [True], indirect=True)
+async def test_a_connection_the_server_closed_is_not_reused(
+    api: tuple[KeepAliveApi, str],
+) -> None:
+    """The pool asks each idle connection whether the server hung up (the worker answers
+    that from the socket it kept, `http._Stream`); a stale one would fail the call."""
+    raw, url = api
+    clients = new_clients(1)
+    http = Http(clients, retries=0, backoff_s=0, connect_timeout_s=1, max_concurrent=1)
+
+    async def build() -> httpx.Request:
+        return clients[0].build_request("POST", url, json={"t": "x"})
+
+    try:
+        for _ in range(3):
+            answer = await http.call(build, 1)
+            assert answer.status == 200, answer.problem
+            await asyncio.sleep(0.05)  # the server's close reaches the idle connection
+    finally:
+        for client in clients:
+            await client.aclose()
+    assert raw.connections == 3
+
+
+async def test_tls_connections_are_verified_and_reused(
+    tls_api: tuple[KeepAliveApi, str, ssl.SSLContext],
+) -> None:
+    raw, url, trusting = tls_api
+    trusted, default = new_client(2, verify=trusting), new_client(2)
+    http = Http(trusted, retries=0, backoff_s=0, connect_timeout_s=1, max_concurrent=2)
+    unknown_ca = Http(default, retries=0, backoff_s=0, connect_timeout_s=1, max_concurrent=2)
+
+    async def build() -> httpx.Request:
+        return trusted.build_request("POST", url, json={"t": "x"})
+
+    try:
+        for _ in range(5):
+            answer = await http.call(build, 1)
+            assert answer.status == 200, answer.problem
+        refused = await unknown_ca.call(build, 1)
+    finally:
+        await trusted.aclose()
+        await default.aclose()
+    assert raw.connections == 1
+    assert refused.status is None
+    assert refused.problem == "Authorization API connection failed (ConnectError)"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import subprocess
 from pathlib import Path
 
 import faust
@@ -16,19 +15,6 @@ from worker.app import faust_settings
 from worker.errors import SettingsError
 from worker.kafka import client_options
 from worker.settings import Settings
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A self-signed certificate for localhost (CA, server and client at once) and its key."""
-    d = tmp_path_factory.mktemp("pki")
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-         "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return d
 
 
 def test_plaintext_by_default() -> None:

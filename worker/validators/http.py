@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import random
+import select
+import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import Any
 
+import httpcore
 import httpx
 
 from worker.errors import Misconfigured
@@ -33,19 +38,64 @@ def new_clients(max_connections: int) -> list[httpx.AsyncClient]:
     return [new_client(-(-max_connections // shards)) for _ in range(shards)]
 
 
-def new_client(max_connections: int) -> httpx.AsyncClient:
-    """The worker's one HTTP client: no redirects, a pool sized to the calls allowed at once."""
+def new_client(max_connections: int, verify: ssl.SSLContext | bool = True) -> httpx.AsyncClient:
+    """The worker's one HTTP client: no redirects, a pool sized to the calls allowed at once;
+    `verify`: certificates checked against the system's CAs, or this context's."""
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False, verify=verify)
+    # httpx has no parameter for it; the pool passes it to every connection it opens
+    transport._pool._network_backend = _Backend()
     return httpx.AsyncClient(
+        transport=transport,
         follow_redirects=False,
         # no cookie jar: a cookie one user's validation got back must never go out with
         # another user's call (httpx's client keeps and sends them by default)
         cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
-        limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections
-        ),
         timeout=httpx.Timeout(5.0),
         trust_env=False,
     )
+
+
+class _Backend(httpcore.AnyIOBackend):
+    """httpcore's asyncio backend, its streams answering "is it readable?" from the socket.
+
+    Twice a request httpcore asks each idle connection of the pool whether the server
+    closed it; anyio answers by building its table of socket attributes anew, with a
+    getpeername() system call, each time: 5.5 µs a connection, 1.3 µs this way (measured;
+    6% of the worker in a profile of the slow-API bench).
+    """
+
+    async def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
+        return _Stream(await super().connect_tcp(*args, **kwargs))
+
+
+class _Stream(httpcore.AsyncNetworkStream):
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+        self._socket: socket.socket | None = inner.get_extra_info("socket")
+
+    # the signatures are httpcore's interface
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
+        return _Stream(await self._inner.start_tls(*args, **kwargs))
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "is_readable":
+            if self._socket is None:
+                return True  # as httpcore: a connection it cannot check is not reused
+            readable, _, _ = select.select([self._socket], [], [], 0)
+            return bool(readable)
+        return self._inner.get_extra_info(info)
 
 
 @dataclass(frozen=True, slots=True)
