@@ -1,7 +1,7 @@
 """The one place that reaches into Faust's internals (faust-streaming pinned in pyproject).
 
 Faust keeps what the worker needs from it: the consumer group, the changelog-backed
-table and its recovery, commits, rebalances. Five things are changed, through Faust's own
+table and its recovery, commits, rebalances. Six things are changed, through Faust's own
 extension point (the transport's `Consumer` and `Producer` classes, the consumer thread):
 
 1. The consumer's fetch wait. Faust 0.15.3 hard-codes `fetch_max_wait_ms=1500`; on a
@@ -28,6 +28,9 @@ extension point (the transport's `Consumer` and `Producer` classes, the consumer
    for long (handlers await, the drain loop yields every 100 records).
 5. Faust's producer awaits a hook before each flush (it flushes before every commit):
    the outbox (worker/outbox.py) hands over its batches and waits for their delivery.
+6. The flush of Faust's producer buffer (table changelog writes wait there for the
+   Kafka producer) waits for the writes made before it, not for an empty buffer: under
+   steady table writes that never comes, and one commit took 17-36 s (slow-API bench).
 
 Table writes need Faust's "current event" (it picks the changelog partition):
 `run_as_current` builds an Event for the message and runs the write with it set.
@@ -38,6 +41,7 @@ tests/unit/test_faust_tuning.py fails loudly if a Faust upgrade moves any of thi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import weakref
 from collections.abc import Awaitable, Callable
@@ -49,6 +53,7 @@ from faust.events import Event
 from faust.exceptions import ConsumerNotStarted
 from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as driver
+from faust.transport.producer import ProducerBuffer
 from faust.types import Message
 from mode.utils.futures import maybe_async
 
@@ -137,8 +142,45 @@ class _Consumer(driver.Consumer):
             raise
 
 
+class _Buffer(ProducerBuffer):
+    """Faust's producer buffer, its flush bounded (6. above)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.put_count = self.sent_count = 0
+        self._progress = asyncio.Event()
+
+    def put(self, fut: Any) -> None:
+        self.put_count += 1
+        super().put(fut)
+
+    async def _send_pending(self, fut: Any) -> None:
+        await super()._send_pending(fut)  # handed to the Kafka producer, in put order
+        self.sent_count += 1
+        self._progress.set()
+
+    async def on_stop(self) -> None:
+        await ProducerBuffer.flush(self)  # at shutdown: Faust's own, to empty
+
+    async def flush(self) -> None:
+        """Wait until every write put before this call is with the Kafka producer."""
+        target = self.put_count
+        while self.sent_count < target:
+            if self.state != "running":  # as Faust's: nothing would send them
+                raise RuntimeError("Cannot flush: Producer not Running")
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):  # then look at the state again
+                await asyncio.wait_for(self._progress.wait(), timeout=0.1)
+
+
 class _Producer(driver.Producer):
     before_flush: Callable[[], Awaitable[None]] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        assert not self.app.conf.producer_threaded  # its buffer sends another way
+        self.buffer = _Buffer(loop=self.loop, beacon=self.beacon)
+        self.buffer.app = self.app
 
     async def flush(self) -> None:
         if self.before_flush is not None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+from types import SimpleNamespace
+from typing import Any
 
 import aiokafka
 import faust
 import pytest
+from faust.transport.producer import ProducerBuffer
 
 from worker import faust_tuning
 
@@ -50,6 +54,7 @@ async def test_the_consumer_thread_runs_in_the_worker_loop_and_calls_directly() 
         assert await thread.call_thread(lambda n: n + 1, 1) == 2  # plain functions too
         producer = app.producer
         assert isinstance(producer, faust_tuning._Producer)
+        assert isinstance(producer.buffer, faust_tuning._Buffer)
         flushed: list[bool] = []
 
         async def before() -> None:
@@ -61,3 +66,51 @@ async def test_the_consumer_thread_runs_in_the_worker_loop_and_calls_directly() 
     finally:
         del app, thread
         gc.collect()
+
+
+class _Channel:
+    """What a buffered table write is published through; takes 1 ms a write."""
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+
+    async def publish_message(self, fut: Any, wait: bool = False) -> None:
+        await asyncio.sleep(0.001)
+        self.sent.append(fut.n)
+
+
+def _write(n: int, channel: _Channel) -> Any:
+    return SimpleNamespace(n=n, message=SimpleNamespace(channel=channel))
+
+
+async def test_the_producer_buffer_flush_waits_for_the_writes_before_it_only() -> None:
+    buffer = faust_tuning._Buffer()
+    buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))  # type: ignore[assignment]
+    channel = _Channel()
+    for n in range(10):
+        buffer.put(_write(n, channel))
+    with pytest.raises(RuntimeError):  # not started: nothing would send them
+        await buffer.flush()
+    await buffer.start()
+
+    async def keep_writing() -> None:  # faster than they are sent: never empty
+        n = 10
+        while True:
+            buffer.put(_write(n, channel))
+            n += 1
+            await asyncio.sleep(0.0005)
+
+    writer = asyncio.create_task(keep_writing())
+    try:
+        with pytest.raises(TimeoutError):  # Faust's own waits for an empty buffer
+            await asyncio.wait_for(ProducerBuffer.flush(buffer), 0.3)
+        before = buffer.put_count
+        await asyncio.wait_for(buffer.flush(), 2)
+        assert channel.sent[:before] == list(range(before))
+        assert buffer.size > 0  # later writes still wait: they were not waited for
+        writer.cancel()
+        await buffer.flush()  # with no more writes: all of them
+        assert channel.sent == list(range(buffer.put_count))
+    finally:
+        writer.cancel()
+        await buffer.stop()
