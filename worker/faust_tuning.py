@@ -178,7 +178,8 @@ class _Producer(driver.Producer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        assert not self.app.conf.producer_threaded  # its buffer sends another way
+        if self.app.conf.producer_threaded:  # its buffer sends another way
+            raise RuntimeError("the worker's producer buffer needs producer_threaded off")
         self.buffer = _Buffer(loop=self.loop, beacon=self.beacon)
         self.buffer.app = self.app
 
