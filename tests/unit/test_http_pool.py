@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from worker.validators.http import POOL_SHARD, Http, new_client, new_clients
+from worker.validators.http import POOL_SHARD, Answer, Http, new_client, new_clients
 
 
 class KeepAliveApi:
@@ -86,24 +88,39 @@ async def tls_api(pki: Path) -> AsyncIterator[tuple[KeepAliveApi, str, ssl.SSLCo
         server.close()
 
 
-async def test_a_connection_is_reused_whether_or_not_the_body_is_wanted(
-    api: tuple[KeepAliveApi, str],
-) -> None:
-    raw, url = api
-    clients = new_clients(4)
-    http = Http(clients, retries=0, backoff_s=0, connect_timeout_s=1, max_concurrent=4)
+Call = Callable[..., Awaitable[Answer]]
+
+
+@contextlib.asynccontextmanager
+async def calling(
+    url: str, clients: list[httpx.AsyncClient], max_concurrent: int
+) -> AsyncIterator[Call]:
+    """`Http.call` over `clients`, the same small POST to `url` each time (keyword
+    arguments go to `call`); the clients are closed afterwards."""
+    http = Http(clients, retries=0, backoff_s=0, connect_timeout_s=1, max_concurrent=max_concurrent)
 
     async def build() -> httpx.Request:
         return clients[0].build_request("POST", url, json={"t": "x"})
 
+    def call(timeout_s: float = 1, **kwargs: Any) -> Awaitable[Answer]:
+        return http.call(build, timeout_s, **kwargs)
+
     try:
-        for n in range(20):
-            answer = await http.call(build, 1, read_body=n % 2 == 0)
-            assert answer.status == 200
-            assert (answer.body is not None) == (n % 2 == 0)
+        yield call
     finally:
         for client in clients:
             await client.aclose()
+
+
+async def test_a_connection_is_reused_whether_or_not_the_body_is_wanted(
+    api: tuple[KeepAliveApi, str],
+) -> None:
+    raw, url = api
+    async with calling(url, new_clients(4), 4) as call:
+        for n in range(20):
+            answer = await call(read_body=n % 2 == 0)
+            assert answer.status == 200
+            assert (answer.body is not None) == (n % 2 == 0)
     assert raw.connections == 1  # an unread body used to cost a new connection a call
     assert raw.cookies_back == []  # one call's cookie never goes out with the next
 
@@ -116,16 +133,8 @@ async def test_calls_spread_over_small_pools_within_the_bound(
     assert len(clients) == 3  # 40 connections: pools of at most POOL_SHARD
     limits = [c._transport._pool._max_connections for c in clients]  # type: ignore[attr-defined]
     assert sum(limits) >= 40 and max(limits) <= POOL_SHARD
-    http = Http(clients, retries=0, backoff_s=0, connect_timeout_s=1, max_concurrent=40)
-
-    async def build() -> httpx.Request:
-        return clients[0].build_request("POST", url, json={"t": "x"})
-
-    try:
-        answers = await asyncio.gather(*[http.call(build, 2) for _ in range(200)])
-    finally:
-        for client in clients:
-            await client.aclose()
+    async with calling(url, clients, 40) as call:
+        answers = await asyncio.gather(*[call(2) for _ in range(200)])
     assert all(a.status == 200 for a in answers)
     assert raw.most_in_flight <= 40
     assert raw.connections <= 40  # no pool opened more than it holds
@@ -138,20 +147,11 @@ async def test_a_connection_the_server_closed_is_not_reused(
     """The pool asks each idle connection whether the server hung up (the worker answers
     that from the socket it kept, `http._Stream`); a stale one would fail the call."""
     raw, url = api
-    clients = new_clients(1)
-    http = Http(clients, retries=0, backoff_s=0, connect_timeout_s=1, max_concurrent=1)
-
-    async def build() -> httpx.Request:
-        return clients[0].build_request("POST", url, json={"t": "x"})
-
-    try:
+    async with calling(url, new_clients(1), 1) as call:
         for _ in range(3):
-            answer = await http.call(build, 1)
+            answer = await call()
             assert answer.status == 200, answer.problem
             await asyncio.sleep(0.05)  # the server's close reaches the idle connection
-    finally:
-        for client in clients:
-            await client.aclose()
     assert raw.connections == 3
 
 
@@ -159,21 +159,14 @@ async def test_tls_connections_are_verified_and_reused(
     tls_api: tuple[KeepAliveApi, str, ssl.SSLContext],
 ) -> None:
     raw, url, trusting = tls_api
-    trusted, default = new_client(2, verify=trusting), new_client(2)
-    http = Http(trusted, retries=0, backoff_s=0, connect_timeout_s=1, max_concurrent=2)
-    unknown_ca = Http(default, retries=0, backoff_s=0, connect_timeout_s=1, max_concurrent=2)
-
-    async def build() -> httpx.Request:
-        return trusted.build_request("POST", url, json={"t": "x"})
-
-    try:
+    async with (
+        calling(url, [new_client(2, verify=trusting)], 2) as call,
+        calling(url, [new_client(2)], 2) as call_with_system_cas,
+    ):
         for _ in range(5):
-            answer = await http.call(build, 1)
+            answer = await call()
             assert answer.status == 200, answer.problem
-        refused = await unknown_ca.call(build, 1)
-    finally:
-        await trusted.aclose()
-        await default.aclose()
+        refused = await call_with_system_cas()
     assert raw.connections == 1
     assert refused.status is None
     assert refused.problem == "Authorization API connection failed (ConnectError)"
