@@ -537,26 +537,21 @@ async def fresh_broker(b: Bench) -> AsyncIterator[None]:
 
 async def latency_figures(b: Bench, rate: float, seconds: float, name: str) -> dict[str, Any]:
     """p50, p99 and p99 by 2-second window of `name` ("hop": no worker) at `rate` msg/s;
-    through the worker also up to its decision."""
+    through the worker also up to its decision (the inbound hop and the worker)."""
+
+    def figures(prefix: str, run: Latency) -> dict[str, Any]:
+        return {
+            f"{prefix}p50_ms": run.pct(0.5),
+            f"{prefix}p99_ms": run.pct(0.99),
+            f"{prefix}p99_by_2s_ms": [round(v, 1) for v in run.windows(2)],
+        }
+
     async with fresh_broker(b):
         if name == "hop":
-            run, _ = await hop_latency(b, rate, seconds)
-            return {
-                "hop_p50_ms": run.pct(0.5),
-                "hop_p99_ms": run.pct(0.99),
-                "hop_p99_by_2s_ms": [round(v, 1) for v in run.windows(2)],
-            }
+            return figures("hop_", (await hop_latency(b, rate, seconds))[0])
         run, decided = await latency(b, rate, seconds, f"lat{uuid.uuid4().hex[:6]}")
     prefix = "" if name == "worker" else f"{name}_"
-    return {
-        f"{prefix}p50_ms": run.pct(0.5),
-        f"{prefix}p99_ms": run.pct(0.99),
-        f"{prefix}p99_by_2s_ms": [round(v, 1) for v in run.windows(2)],
-        # send to decision: the inbound hop and the worker, without the second hop
-        f"{prefix}decided_p50_ms": decided.pct(0.5),
-        f"{prefix}decided_p99_ms": decided.pct(0.99),
-        f"{prefix}decided_p99_by_2s_ms": [round(v, 1) for v in decided.windows(2)],
-    }
+    return figures(prefix, run) | figures(f"{prefix}decided_", decided)
 
 
 async def hop_latency(b: Bench, rate: float, seconds: float) -> tuple[Latency, Latency]:
