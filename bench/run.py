@@ -14,6 +14,7 @@ Sizes come from the environment (defaults in brackets):
   BENCH_LATENCY_SECONDS [10]      duration of each steady-rate latency run
   BENCH_PARTITIONS [8]            partitions of each topic
   BENCH_STATE_SESSIONS [1000000]  sessions in the table for the memory / restart run
+`BENCH_ONLY=cached|slow|calls|latency|scale|state` runs one part.
 """
 
 from __future__ import annotations
@@ -420,6 +421,25 @@ async def scale_out(b: Bench, workers: int, sessions: int, messages: int) -> flo
             b.stop_worker(proc)
 
 
+async def call_cpu(b: Bench) -> dict[str, Any]:
+    """CPU per call of the worker's HTTP client and of httpx's own (bench/calls.py), in a
+    process of their own, so that the API's CPU (here) is not counted."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.calls",
+        b.server.url,
+        API_KEY,
+        "tok-c0",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"bench.calls failed ({proc.returncode})")
+    figures: dict[str, Any] = json.loads(out)
+    return figures
+
+
 async def slow_api(b: Bench, sessions: int, per_session: int) -> dict[str, Any]:
     """The worker on a backlog of new sessions, the API answering in 200 ms."""
     t = b.topics("slow")
@@ -649,6 +669,11 @@ def table(r: dict[str, Any]) -> str:
             f"{r['slow_ratio']:.2f} of cached (target >= 0.5)",
         ),
         (
+            "CPU per HTTP call (200 at once)",
+            f"{r['call_cpu_worker_ms']:.2f} ms",
+            f"{r['call_cpu_ratio']:.2f} of httpx's own transport ({r['call_cpu_httpx_ms']:.2f} ms)",
+        ),
+        (
             "calls / ideal / duplicates",
             f"{r['calls']} / {r['ideal_calls']}",
             f"{r['duplicate_calls']} duplicates (target 0)",
@@ -762,6 +787,9 @@ async def main() -> None:
                 rate = await scale_out(bench, n, 1000, env_int("BENCH_MESSAGES", 100_000))
                 print(f"{n} worker(s): {rate:,.0f} msg/s", flush=True)
             return
+        if os.environ.get("BENCH_ONLY") == "calls":
+            print(json.dumps(await call_cpu(bench)))
+            return
         if os.environ.get("BENCH_ONLY") == "slow":
             slow = await slow_api(
                 bench,
@@ -797,6 +825,8 @@ async def main() -> None:
             bench, env_int("BENCH_SLOW_SESSIONS", 10_000), env_int("BENCH_SLOW_PER_SESSION", 100)
         )
         r["slow_ratio"] = r["slow_msgs_per_s"] / r["cached_msgs_per_s"]
+        print("CPU per HTTP call...", flush=True)
+        r |= await call_cpu(bench)
         seconds = env_int("BENCH_LATENCY_SECONDS", 10)
         print("latency at 2,000 msg/s...", flush=True)
         r |= await latency_figures(bench, 2000, seconds, "hop")

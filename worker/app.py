@@ -25,7 +25,7 @@ from worker.validators.baas import BaasValidator
 from worker.validators.calls import ConnectorCalls
 from worker.validators.circuit import CircuitBreaker
 from worker.validators.guard import Allowed, EndpointGuard
-from worker.validators.http import Http, new_clients
+from worker.validators.http import Http, new_client
 from worker.validators.introspection import IntrospectionValidator
 from worker.validators.jwt import JwtValidator
 from worker.vault import Vault
@@ -101,9 +101,9 @@ def create_app(
         value_type=bytes,
         **_store_settings(settings),
     )
-    clients = new_clients(settings.max_concurrent_calls)
+    client = new_client(settings.max_concurrent_calls)
     http = Http(
-        clients,
+        client,
         retries=settings.http_retries,
         backoff_s=settings.http_backoff_s,
         connect_timeout_s=settings.http_connect_timeout_s,
@@ -160,8 +160,7 @@ def create_app(
         try:
             await follow_config(settings, registry, config_ready)
         finally:
-            for client in clients:
-                await client.aclose()
+            await client.aclose()
 
     @app.task  # type: ignore[untyped-decorator]
     async def freeze_startup_objects() -> None:

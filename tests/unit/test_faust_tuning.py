@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 from types import SimpleNamespace
 from typing import Any
@@ -105,7 +106,7 @@ async def test_the_producer_buffer_flush_waits_for_the_writes_before_it_only() -
         with pytest.raises(TimeoutError):  # Faust's own waits for an empty buffer
             await asyncio.wait_for(ProducerBuffer.flush(buffer), 0.3)
         before = buffer.put_count
-        await asyncio.wait_for(buffer.flush(), 2)
+        await asyncio.wait_for(buffer.flush(), 10)  # ~0.3 s here, more on a busy machine
         assert channel.sent[:before] == list(range(before))
         assert buffer.size > 0  # later writes still wait: they were not waited for
         writer.cancel()
@@ -113,4 +114,6 @@ async def test_the_producer_buffer_flush_waits_for_the_writes_before_it_only() -
         assert channel.sent == list(range(buffer.put_count))
     finally:
         writer.cancel()
-        await buffer.stop()
+        # after a failure writes may be left, and Faust's flush at stop raises: not the point
+        with contextlib.suppress(RuntimeError):
+            await buffer.stop()

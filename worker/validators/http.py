@@ -1,4 +1,4 @@
-"""HTTP calls to customer APIs: pooled clients, bounded concurrency, timeouts, retries.
+"""HTTP calls to customer APIs: one pooled client, bounded concurrency, timeouts, retries.
 
 Retries are for 5xx, timeouts and connection errors only (never 4xx); redirects are
 never followed (a 3xx is an answer). Calls in flight are bounded by a semaphore sized to
@@ -11,44 +11,28 @@ timeout, and a body is read only up to `max_body_bytes`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-import select
-import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any
 
-import httpcore
+import aiohttp
 import httpx
+import yarl
 
 from worker.errors import Misconfigured
 from worker.validators.guard import EndpointGuard
 
-POOL_SHARD = 16
-"""Connections per client: httpcore's pool bookkeeping costs O(connections²) a request
-(encode/httpcore#1035); 200 connections in one pool cost ~20 ms of CPU a call (measured)."""
-
-
-def new_clients(max_connections: int) -> list[httpx.AsyncClient]:
-    """Clients whose pools together hold `max_connections`, each at most `POOL_SHARD`."""
-    shards = -(-max_connections // POOL_SHARD)
-    return [new_client(-(-max_connections // shards)) for _ in range(shards)]
-
 
 def new_client(max_connections: int, verify: ssl.SSLContext | bool = True) -> httpx.AsyncClient:
-    """The worker's one HTTP client: no redirects, a pool sized to the calls allowed at once;
-    `verify`: certificates checked against the system's CAs, or this context's."""
-    limits = httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections
-    )
-    transport = httpx.AsyncHTTPTransport(limits=limits, trust_env=False, verify=verify)
-    # httpx has no parameter for it; the pool passes it to every connection it opens
-    transport._pool._network_backend = _Backend()
+    """The worker's one HTTP client: httpx's requests sent by aiohttp (`_Transport`), no
+    redirects, no cookies, a pool sized to the calls allowed at once; `verify`: certificates
+    checked against the system's CAs (httpx's), or this context's."""
     return httpx.AsyncClient(
-        transport=transport,
+        transport=_Transport(max_connections, httpx.create_ssl_context(verify, trust_env=False)),
         follow_redirects=False,
         # no cookie jar: a cookie one user's validation got back must never go out with
         # another user's call (httpx's client keeps and sends them by default)
@@ -58,46 +42,94 @@ def new_client(max_connections: int, verify: ssl.SSLContext | bool = True) -> ht
     )
 
 
-class _Backend(httpcore.AnyIOBackend):
-    """httpcore's asyncio backend, its streams answering "is it readable?" from the socket.
+_FAULTS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
+    (aiohttp.ConnectionTimeoutError, httpx.ConnectTimeout),
+    (aiohttp.ServerTimeoutError, httpx.ReadTimeout),
+    (aiohttp.ClientConnectorError, httpx.ConnectError),
+    (aiohttp.ServerDisconnectedError, httpx.RemoteProtocolError),
+    (aiohttp.ClientPayloadError, httpx.ReadError),
+    (aiohttp.ClientError, httpx.NetworkError),
+)
+"""aiohttp's errors as httpx's (first match), so that problems name httpx's classes."""
 
-    Twice a request httpcore asks each idle connection of the pool whether the server
-    closed it; anyio answers by building its table of socket attributes anew, with a
-    getpeername() system call, each time: 5.5 µs a connection, 0.7 µs this way (measured;
-    6% of the worker in a profile of the slow-API bench).
+
+@contextlib.contextmanager
+def _as_httpx() -> Iterator[None]:
+    try:
+        yield
+    except aiohttp.ClientError as exc:
+        fault = next(h for a, h in _FAULTS if isinstance(exc, a))
+        raise fault(exc.__class__.__name__) from None  # aiohttp's message holds the URL
+
+
+class _Transport(httpx.AsyncBaseTransport):
+    """httpx requests sent by aiohttp's client (already installed: Faust's web server).
+
+    httpx's own transport (httpcore on anyio) costs 0.84 ms of CPU a call in pools of 16
+    connections, more in larger ones, as its bookkeeping grows with the square of its
+    connections (encode/httpcore#1035: 3.3 ms with 200); through aiohttp 0.34 ms with 200
+    (`BENCH_ONLY=calls`, README "Performance"). Requests are still built by httpx (the
+    connectors' mappings, auth and tests use its API).
     """
 
-    async def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
-        return _Stream(await super().connect_tcp(*args, **kwargs))
+    def __init__(self, max_connections: int, tls: ssl.SSLContext) -> None:
+        self._max_connections = max_connections
+        self._tls = tls
+        self._session: aiohttp.ClientSession | None = None
 
+    def _open(self) -> aiohttp.ClientSession:
+        """Made on the first call, in the running event loop (aiohttp wants one)."""
+        return aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=self._max_connections,
+                ssl=self._tls,
+                keepalive_timeout=5,  # idle connections kept 5 s, as httpx's pool did
+            ),
+            cookie_jar=aiohttp.DummyCookieJar(),  # never kept (see new_client)
+            auto_decompress=False,  # httpx decodes the body, as with its own transport
+            trust_env=False,  # no proxy or .netrc from the environment
+        )
 
-class _Stream(httpcore.AsyncNetworkStream):
-    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
-        self._inner = inner
-        sock: socket.socket | None = inner.get_extra_info("socket")
-        self._poll: Any = None  # poll, not select: select fails on descriptors over 1023
-        if sock is not None:
-            self._poll = select.poll()
-            self._poll.register(sock, select.POLLIN)
-
-    # the signatures are httpcore's interface
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
-        return await self._inner.read(max_bytes, timeout)
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        await self._inner.write(buffer, timeout)
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._session is None:
+            self._session = self._open()
+        timeout = request.extensions.get("timeout", {})
+        with _as_httpx():
+            response = await self._session.request(
+                request.method,
+                yarl.URL(str(request.url), encoded=True),  # as httpx encoded it
+                headers=request.headers.multi_items(),
+                data=request.content or None,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(
+                    sock_connect=timeout.get("connect"), sock_read=timeout.get("read")
+                ),
+            )
+        return httpx.Response(
+            response.status,
+            headers=response.raw_headers,
+            stream=_Body(response),
+            request=request,
+            extensions={"http_version": b"HTTP/1.1"},
+        )
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        if self._session is not None:
+            await self._session.close()
 
-    async def start_tls(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
-        return _Stream(await self._inner.start_tls(*args, **kwargs))
 
-    def get_extra_info(self, info: str) -> Any:
-        if info == "is_readable":
-            # as httpcore: a connection it cannot check is not reused
-            return self._poll is None or bool(self._poll.poll(0))
-        return self._inner.get_extra_info(info)
+class _Body(httpx.AsyncByteStream):
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        with _as_httpx():
+            async for chunk in self._response.content.iter_chunked(64 * 1024):
+                yield chunk
+
+    async def aclose(self) -> None:
+        # read to the end: the connection goes back to the pool; else it is closed
+        self._response.release()
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +155,7 @@ class Http:
 
     def __init__(
         self,
-        client: httpx.AsyncClient | Sequence[httpx.AsyncClient],
+        client: httpx.AsyncClient,
         *,
         retries: int,
         backoff_s: float,
@@ -134,10 +166,7 @@ class Http:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self._clients = [client] if isinstance(client, httpx.AsyncClient) else list(client)
-        self._in_flight = [0] * len(self._clients)
-        self.client = self._clients[0]
-        """For building requests (any of the clients builds the same)."""
+        self.client = client
         self._retries = retries
         self._backoff_s = backoff_s
         self._connect_timeout_s = connect_timeout_s
@@ -187,28 +216,22 @@ class Http:
             await self._guard.check(request.url)  # Misconfigured: nothing is sent
         timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, self._connect_timeout_s))
         request.extensions["timeout"] = timeout.as_dict()
-        async with self._slots:
-            # the least busy pool: none holds more calls than connections (the slots bound all)
-            shard = min(range(len(self._clients)), key=self._in_flight.__getitem__)
-            self._in_flight[shard] += 1
-            try:
-                async with asyncio.timeout(timeout_s):
-                    response = await self._clients[shard].send(request, stream=True)
-                    try:
-                        # read even an unwanted body (bounded): unread, it keeps the
-                        # connection from going back to the pool (a new one every call)
-                        body = await self._read(response, keep=read_body)
-                    finally:
-                        await response.aclose()
-            except (TimeoutError, httpx.TimeoutException):
-                return None, None, f"{what} timed out after {timeout_s:g} s"
-            except _TooLarge:
-                return None, None, f"{what} answer is larger than {self._max_body} bytes"
-            except Exception as exc:  # noqa: BLE001 - any failure of the call is "no answer"
-                # the message of an httpx error may hold the URL (and query credentials)
-                return None, None, f"{what} connection failed ({exc.__class__.__name__})"
-            finally:
-                self._in_flight[shard] -= 1
+        try:
+            async with self._slots, asyncio.timeout(timeout_s):
+                response = await self.client.send(request, stream=True)
+                try:
+                    # read even an unwanted body (bounded): unread, it keeps the
+                    # connection from going back to the pool (a new one every call)
+                    body = await self._read(response, keep=read_body)
+                finally:
+                    await response.aclose()
+        except (TimeoutError, httpx.TimeoutException):
+            return None, None, f"{what} timed out after {timeout_s:g} s"
+        except _TooLarge:
+            return None, None, f"{what} answer is larger than {self._max_body} bytes"
+        except Exception as exc:  # noqa: BLE001 - any failure of the call is "no answer"
+            # the message of an httpx error may hold the URL (and query credentials)
+            return None, None, f"{what} connection failed ({exc.__class__.__name__})"
         status = response.status_code
         if 300 <= status < 400:
             return status, body, f"{what} answered {status}; redirects are not followed"

@@ -1,0 +1,66 @@
+"""CPU per HTTP call: the worker's client against httpx's own transport, in one process.
+
+`python -m bench.calls URL API_KEY TOKEN` (the benchmark runs it beside its reference API,
+which then spends its CPU in another process). Both clients go through the worker's
+`Http.call` with the same pool size and calls at once; they take turns, twice each, and
+the medians are printed as JSON: `{"worker_ms": …, "httpx_ms": …, …}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import time
+
+import httpx
+
+from worker.validators.http import Http, new_client
+
+CALLS = 4000
+AT_ONCE = 200
+
+
+async def cpu_per_call(client: httpx.AsyncClient, url: str, key: str, token: str) -> float:
+    """Milliseconds of this process's CPU a call, `AT_ONCE` calls in flight."""
+    http = Http(client, retries=0, backoff_s=0, connect_timeout_s=5, max_concurrent=AT_ONCE)
+
+    async def build() -> httpx.Request:
+        return client.build_request(
+            "POST", url, json={"token": token}, headers={"Authorization": key}
+        )
+
+    async def calls(n: int) -> None:
+        answers = await asyncio.gather(*(http.call(build, 10) for _ in range(n)))
+        assert all(a.status == 200 for a in answers), {a.problem for a in answers}
+
+    try:
+        await calls(AT_ONCE)  # the connections opened
+        started = time.process_time()
+        await calls(CALLS)
+        return (time.process_time() - started) / CALLS * 1000
+    finally:
+        await client.aclose()
+
+
+async def main(url: str, key: str, token: str) -> None:
+    limits = httpx.Limits(max_connections=AT_ONCE, max_keepalive_connections=AT_ONCE)
+    worker: list[float] = []
+    stock: list[float] = []
+    for _ in range(2):
+        worker.append(await cpu_per_call(new_client(AT_ONCE), url, key, token))
+        stock.append(await cpu_per_call(httpx.AsyncClient(limits=limits), url, key, token))
+    print(
+        json.dumps(
+            {
+                "call_cpu_worker_ms": statistics.median(worker),
+                "call_cpu_httpx_ms": statistics.median(stock),
+                "call_cpu_ratio": statistics.median(worker) / statistics.median(stock),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:4]))
