@@ -40,9 +40,9 @@ MAX_ECHO_BYTES = 256 * 1024
 """Inbound values larger than this are not copied into blocked records."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made for every message, and a frozen __init__ costs 4x
 class Inbound:
-    """A parsed inbound event."""
+    """A parsed inbound event (read-only by convention)."""
 
     id: str
     organization: str

@@ -65,7 +65,7 @@ class RemoteValidator(Protocol):
     async def validate(self, check: Any) -> tuple[Validation, Report]: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made for every message (see events.Inbound)
 class TokenCheck:
     """The token a message presents (None: no token)."""
 

@@ -27,7 +27,7 @@ from worker.validators.http import Answer
 from worker.vault import Vault
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made for every message (see events.Inbound)
 class BaasCall:
     """What one message would send: the connector and the values mapped from its context."""
 

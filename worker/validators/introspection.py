@@ -26,7 +26,7 @@ from worker.validators.http import Answer
 from worker.vault import Vault
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class IntrospectionCheck(TokenCheck):
     """The token a message presents, and the connector that introspects it."""
 
