@@ -1,7 +1,7 @@
-"""CPU per HTTP call: the worker's client against httpx's own transport, in one process.
+"""CPU per HTTP call: the worker's transport against httpx's own, in one process.
 
 `python -m bench.calls URL API_KEY TOKEN` (the benchmark runs it beside its reference API,
-which then spends its CPU in another process). Both clients go through the worker's
+which then spends its CPU in another process). Both transports go through the worker's
 `Http.call` with the same pool size and calls at once; they take turns, twice each, and
 the medians are printed as JSON: `{"worker_ms": …, "httpx_ms": …, …}`.
 """
@@ -16,20 +16,20 @@ import time
 
 import httpx
 
-from worker.validators.http import Http, new_client
+from worker.validators.http import Http, new_transport
 
 CALLS = 4000
 AT_ONCE = 200
 
 
-async def cpu_per_call(client: httpx.AsyncClient, url: str, key: str, token: str) -> float:
+async def cpu_per_call(
+    transport: httpx.AsyncBaseTransport, url: str, key: str, token: str
+) -> float:
     """Milliseconds of this process's CPU a call, `AT_ONCE` calls in flight."""
-    http = Http(client, retries=0, backoff_s=0, connect_timeout_s=5, max_concurrent=AT_ONCE)
+    http = Http(transport, retries=0, backoff_s=0, connect_timeout_s=5, max_concurrent=AT_ONCE)
 
     async def build() -> httpx.Request:
-        return client.build_request(
-            "POST", url, json={"token": token}, headers={"Authorization": key}
-        )
+        return httpx.Request("POST", url, json={"token": token}, headers={"Authorization": key})
 
     async def calls(n: int) -> None:
         answers = await asyncio.gather(*(http.call(build, 10) for _ in range(n)))
@@ -41,7 +41,7 @@ async def cpu_per_call(client: httpx.AsyncClient, url: str, key: str, token: str
         await calls(CALLS)
         return (time.process_time() - started) / CALLS * 1000
     finally:
-        await client.aclose()
+        await transport.aclose()
 
 
 async def main(url: str, key: str, token: str) -> None:
@@ -49,8 +49,9 @@ async def main(url: str, key: str, token: str) -> None:
     worker: list[float] = []
     stock: list[float] = []
     for _ in range(2):
-        worker.append(await cpu_per_call(new_client(AT_ONCE), url, key, token))
-        stock.append(await cpu_per_call(httpx.AsyncClient(limits=limits), url, key, token))
+        worker.append(await cpu_per_call(new_transport(AT_ONCE), url, key, token))
+        httpx_own = httpx.AsyncHTTPTransport(limits=limits)
+        stock.append(await cpu_per_call(httpx_own, url, key, token))
     print(
         json.dumps(
             {

@@ -25,7 +25,7 @@ from worker.validators.baas import BaasValidator
 from worker.validators.calls import ConnectorCalls
 from worker.validators.circuit import CircuitBreaker
 from worker.validators.guard import Allowed, EndpointGuard
-from worker.validators.http import Http, new_client
+from worker.validators.http import Http, new_transport
 from worker.validators.introspection import IntrospectionValidator
 from worker.validators.jwt import JwtValidator
 from worker.vault import Vault
@@ -104,9 +104,9 @@ def create_app(
         value_type=bytes,
         **_store_settings(settings),
     )
-    client = new_client(settings.max_concurrent_calls)
+    transport = new_transport(settings.max_concurrent_calls)
     http = Http(
-        client,
+        transport,
         retries=settings.http_retries,
         backoff_s=settings.http_backoff_s,
         connect_timeout_s=settings.http_connect_timeout_s,
@@ -163,7 +163,7 @@ def create_app(
         try:
             await follow_config(settings, registry, config_ready)
         finally:
-            await client.aclose()
+            await transport.aclose()
 
     @app.task  # type: ignore[untyped-decorator]
     async def tune_garbage_collection() -> None:

@@ -1,5 +1,5 @@
 """An Authorization API that misbehaves at the socket: the worker's real HTTP client
-(`new_client`: no redirects, bounded bodies, per-attempt timeouts) against a raw TCP
+(`new_transport`: no redirects, bounded bodies, per-attempt timeouts) against a raw TCP
 server on loopback. Every fault ends as an outcome; none raises, none hangs."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from worker.validators.auth import ConnectorAuth
 from worker.validators.baas import BaasValidator
 from worker.validators.calls import ConnectorCalls
 from worker.validators.circuit import CircuitBreaker
-from worker.validators.http import Http, new_client
+from worker.validators.http import Http, new_transport
 from worker.vault import Vault
 
 
@@ -117,9 +117,9 @@ async def call(port: int, path: str, retries: int = 1) -> tuple[str, str, str | 
         },
         "test",
     )
-    client = new_client(10)
+    transport = new_transport(10)
     vault = Vault(None, {})
-    http = Http(client, retries=retries, backoff_s=0.01, connect_timeout_s=1, max_concurrent=10)
+    http = Http(transport, retries=retries, backoff_s=0.01, connect_timeout_s=1, max_concurrent=10)
     v = BaasValidator(
         ConnectorCalls(http, ConnectorAuth(http, vault), CircuitBreaker(100, 1)), vault
     )
@@ -127,7 +127,7 @@ async def call(port: int, path: str, retries: int = 1) -> tuple[str, str, str | 
     try:
         result, report = await v.validate(prepare(v, con, {"t": "tok"}))
     finally:
-        await client.aclose()
+        await transport.aclose()
     return result.outcome, result.detail, result.identity, time.monotonic() - started
 
 

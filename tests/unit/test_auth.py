@@ -59,9 +59,9 @@ def make(
     async def no_sleep(_: float) -> None:
         return None
 
-    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    transport = httpx.MockTransport(answer)
     http = Http(
-        client, retries=1, backoff_s=0, connect_timeout_s=1, max_concurrent=4, sleep=no_sleep
+        transport, retries=1, backoff_s=0, connect_timeout_s=1, max_concurrent=4, sleep=no_sleep
     )
     return ConnectorAuth(http, VAULT, clock=clock or Clock()), seen
 

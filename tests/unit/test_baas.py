@@ -43,10 +43,10 @@ def validator(
     async def no_sleep(_: float) -> None:
         return None
 
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler), follow_redirects=False)
+    transport = httpx.MockTransport(handler)
     vault = Vault(None, env if env is not None else {"SECURE_SESSION_SECRET__ACME__KEY": "k3y"})
     http = Http(
-        client,
+        transport,
         retries=retries,
         backoff_s=0.01,
         connect_timeout_s=1,

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.validators.http import Answer, Http, new_client
+from worker.validators.http import Answer, Http, new_transport
 
 
 class KeepAliveApi:
@@ -96,13 +96,17 @@ Call = Callable[..., Awaitable[Answer]]
 
 
 @contextlib.asynccontextmanager
-async def calling(url: str, client: httpx.AsyncClient, max_concurrent: int) -> AsyncIterator[Call]:
-    """`Http.call` through `client`, the same small POST to `url` each time (keyword
-    arguments go to `call`); the client is closed afterwards."""
-    http = Http(client, retries=0, backoff_s=0, connect_timeout_s=1, max_concurrent=max_concurrent)
+async def calling(
+    url: str, transport: httpx.AsyncBaseTransport, max_concurrent: int
+) -> AsyncIterator[Call]:
+    """`Http.call` through `transport`, the same small POST to `url` each time (keyword
+    arguments go to `call`); the transport is closed afterwards."""
+    http = Http(
+        transport, retries=0, backoff_s=0, connect_timeout_s=1, max_concurrent=max_concurrent
+    )
 
     async def build() -> httpx.Request:
-        return client.build_request("POST", url, json={"t": "x"}, headers={"X-Api-Key": "k"})
+        return httpx.Request("POST", url, json={"t": "x"}, headers={"X-Api-Key": "k"})
 
     def call(timeout_s: float = 1, **kwargs: Any) -> Awaitable[Answer]:
         return http.call(build, timeout_s, **kwargs)
@@ -110,12 +114,12 @@ async def calling(url: str, client: httpx.AsyncClient, max_concurrent: int) -> A
     try:
         yield call
     finally:
-        await client.aclose()
+        await transport.aclose()
 
 
 async def test_a_request_goes_out_as_httpx_built_it(api: tuple[KeepAliveApi, str]) -> None:
     raw, url = api
-    async with calling(url + "?q=a%20b&s=%2F", new_client(1), 1) as call:
+    async with calling(url + "?q=a%20b&s=%2F", new_transport(1), 1) as call:
         assert (await call()).status == 200
     lines = raw.heads[0].split(b"\r\n")
     assert lines[0] == b"POST /check?q=a%20b&s=%2F HTTP/1.1"  # the path not re-encoded
@@ -130,7 +134,7 @@ async def test_a_connection_is_reused_whether_or_not_the_body_is_wanted(
     api: tuple[KeepAliveApi, str],
 ) -> None:
     raw, url = api
-    async with calling(url, new_client(4), 4) as call:
+    async with calling(url, new_transport(4), 4) as call:
         for n in range(20):
             answer = await call(read_body=n % 2 == 0)
             assert answer.status == 200
@@ -143,7 +147,7 @@ async def test_calls_in_flight_and_connections_stay_within_the_bound(
     api: tuple[KeepAliveApi, str],
 ) -> None:
     raw, url = api
-    async with calling(url, new_client(40), 40) as call:
+    async with calling(url, new_transport(40), 40) as call:
         answers = await asyncio.gather(*[call(2) for _ in range(200)])
     assert all(a.status == 200 for a in answers)
     assert raw.most_in_flight <= 40
@@ -156,7 +160,7 @@ async def test_a_connection_the_server_closed_is_not_reused(
 ) -> None:
     """A connection the server hung up on leaves the pool; reused, it would fail the call."""
     raw, url = api
-    async with calling(url, new_client(1), 1) as call:
+    async with calling(url, new_transport(1), 1) as call:
         for _ in range(3):
             answer = await call()
             assert answer.status == 200, answer.problem
@@ -169,8 +173,8 @@ async def test_tls_connections_are_verified_and_reused(
 ) -> None:
     raw, url, trusting = tls_api
     async with (
-        calling(url, new_client(2, verify=trusting), 2) as call,
-        calling(url, new_client(2), 2) as call_with_system_cas,
+        calling(url, new_transport(2, verify=trusting), 2) as call,
+        calling(url, new_transport(2), 2) as call_with_system_cas,
     ):
         for _ in range(5):
             answer = await call()

@@ -61,9 +61,9 @@ def build(
     for b in (BOT, *more_bots):
         registry.bots[f"acme/{b['Name']}"] = parse_bot(b, "t")
     registry.connectors["acme/A"] = parse_connector(CON, "t")
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    transport = httpx.MockTransport(handler)
     vault = Vault(None, {})
-    http = Http(client, retries=0, backoff_s=0, connect_timeout_s=1, max_concurrent=10)
+    http = Http(transport, retries=0, backoff_s=0, connect_timeout_s=1, max_concurrent=10)
     calls = ConnectorCalls(http, ConnectorAuth(http, vault), CircuitBreaker(100, 1))
     return Pipeline(
         registry=registry,

@@ -100,7 +100,7 @@ class ConnectorAuth:
         token_url = auth.token_url
 
         async def build() -> httpx.Request:
-            return self._http.client.build_request("POST", token_url, data=form, headers=headers)
+            return httpx.Request("POST", token_url, data=form, headers=headers)
 
         self.fetches += 1
         answer = await self._http.call(

@@ -91,7 +91,7 @@ class BaasValidator:
         if con.method not in ("GET", "DELETE") or body:
             content = orjson.dumps(body)
             headers.setdefault("Content-Type", "application/json")
-        return self._calls.http.client.build_request(
+        return httpx.Request(
             con.method, con.endpoint, headers=headers, params=params, content=content
         )
 

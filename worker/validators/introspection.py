@@ -62,9 +62,7 @@ class IntrospectionValidator:
             headers |= auth
             headers["Accept"] = "application/json"
             form = {"token": token, "token_type_hint": "access_token"}
-            return self._calls.http.client.build_request(
-                "POST", con.endpoint, data=form, headers=headers
-            )
+            return httpx.Request("POST", con.endpoint, data=form, headers=headers)
 
         what = "introspection endpoint"
         try:
