@@ -119,6 +119,7 @@ class Pipeline:
         self._room.set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.metrics = metrics
+        metrics.held.set_function(lambda: self._held)  # read when scraped
 
     @property
     def held(self) -> int:
@@ -150,7 +151,6 @@ class Pipeline:
             return
         lane.append(record)
         self._held += 1
-        self.metrics.held.inc()
         if self._held >= self._max_held:
             self._room.clear()
             log.warning("%d records wait for validations: pausing intake", self._held)
@@ -272,7 +272,6 @@ class Pipeline:
         while lane:
             record = lane.popleft()
             self._held -= 1
-            self.metrics.held.dec()
             if self._held < self._max_held and not self._room.is_set():
                 self._room.set()
             assert record.event is not None
