@@ -1,11 +1,11 @@
-"""HTTP calls to customer APIs: one pooled client, bounded concurrency, timeouts, retries.
+"""HTTP calls to customer APIs: one connection pool, bounded concurrency, timeouts, retries.
 
 Retries are for 5xx, timeouts and connection errors only (never 4xx); redirects are
 never followed (a 3xx is an answer). Calls in flight are bounded by a semaphore sized to
 the connection pool, and each attempt's timeout starts when it is sent, not while it waits
-for a slot (httpx counts the pool wait in its timeout: under a burst, calls would time out
-before they are sent). A whole attempt, response body included, is bounded by the
-timeout, and a body is read only up to `max_body_bytes`.
+for a slot (under a burst, calls would otherwise time out before they are sent). A whole
+attempt, response body included, is bounded by the timeout, and a body is read only up
+to `max_body_bytes`.
 """
 
 from __future__ import annotations
