@@ -151,7 +151,7 @@ async def test_calls_in_flight_and_connections_stay_within_the_bound(
         answers = await asyncio.gather(*[call(2) for _ in range(200)])
     assert all(a.status == 200 for a in answers)
     assert raw.most_in_flight <= 40
-    assert raw.connections <= 40  # no pool opened more than it holds
+    assert raw.connections <= 40  # the pool opens no more than it holds
 
 
 @pytest.mark.parametrize("api", [True], indirect=True)
