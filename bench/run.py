@@ -7,6 +7,7 @@ Figures go to bench/results.json and a chart to bench/results.png.
 
 Sizes come from the environment (defaults in brackets):
   BENCH_MESSAGES [100000]         messages of the cached-path and bare-loop runs
+  BENCH_SCALE_MESSAGES [300000]   messages of each scale-out run (1, 2, 3 workers)
   BENCH_SESSIONS [1000]           sessions of the cached-path run
   BENCH_ROUNDS [3]                rounds of (bare loop, cached path): medians are reported
   BENCH_SLOW_SESSIONS [10000]     sessions of the slow-API run (200 ms a call)
@@ -65,6 +66,8 @@ class Bench:
     server: RunningAPI
     tmp: Path
     results: dict[str, Any] = field(default_factory=dict)
+    broker_pid: int | None = None
+    """The embedded broker's process, whose CPU the scale-out run reports."""
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ helpers
@@ -401,24 +404,96 @@ async def cached_path(b: Bench, sessions: int, messages: int, rounds: int) -> di
     }
 
 
-async def scale_out(b: Bench, workers: int, sessions: int, messages: int) -> float:
-    """Cached-path throughput with `workers` processes in one consumer group."""
+SCALE_TIMING = {
+    "KAFKA_SESSION_TIMEOUT_S": "20",
+    "KAFKA_HEARTBEAT_INTERVAL_S": "1",
+    "KAFKA_REBALANCE_TIMEOUT_S": "20",
+}
+"""Group timing of the scale-out run: members stopped (SIGSTOP) while the backlog is produced
+must stay in the group, and tansu holds the first JoinGroup ~10 s, so all members join one
+generation."""
+
+
+async def group_members(b: Bench, group: str) -> tuple[str, int]:
+    """The consumer group's state and member count (DescribeGroups)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=b.bootstrap)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_consumer_groups([group])
+        _error, _id, state, _ptype, _protocol, members = response.groups[0][:6]
+        return state, len(members)
+    finally:
+        await admin.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def scale_out(b: Bench, workers: int, sessions: int, messages: int) -> tuple[float, float]:
+    """Cached-path throughput with `workers` processes in one consumer group, on a backlog.
+
+    The workers join one group and validate every session; then they are stopped
+    (SIGSTOP) while the backlog is produced and resumed (SIGCONT) together, so the load
+    generator never competes with them for the cores, as in the cached-path run. The rate
+    comes from the timestamps of the first and last output records after the resume;
+    with it, the cores the workers and the embedded broker used meanwhile (their CPU time
+    over that span).
+    """
     tag = f"scale{workers}"
     t = b.topics(tag)
+    group = f"bench-{tag}"
     await b.create([t["inbound"], t["allowed"], t["blocked"], t["audit"]])
-    procs = [b.start_worker(tag, interval=3600) for _ in range(workers)]
+    extra = SCALE_TIMING if b.embedded else {}
+    procs = [b.start_worker(tag, interval=3600, extra=extra) for _ in range(workers)]
     try:
-        await asyncio.sleep(3 * workers)  # let the group settle before traffic
+        deadline = time.monotonic() + 120
+        while await group_members(b, group) != ("Stable", workers):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the group did not settle with {workers} members")
+            await asyncio.sleep(0.5)
         await b.produce(t["inbound"], workload(sessions, 1, "c"))
         await b.drain([t["allowed"]], sessions)
         records = workload(sessions, messages // sessions, "c")
-        producing = asyncio.create_task(b.produce(t["inbound"], records))
-        first, last = await b.drain([t["allowed"]], sessions + len(records))
-        await producing
-        return len(records) / (last - first)
+        for proc in procs:
+            proc.send_signal(signal.SIGSTOP)
+        cpu = sum(cpu_seconds(p.pid) for p in procs)
+        broker_cpu = cpu_seconds(b.broker_pid) if b.broker_pid else 0.0
+        try:
+            await b.produce(t["inbound"], records)
+            resumed_ms = time.time() * 1000
+        finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGCONT)
+        total = sessions + len(records)
+        deadline = time.monotonic() + 900
+        while await committed(b, group, t["inbound"]) < total:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"the workers did not finish: {[p.log for p in procs]}")  # type: ignore[attr-defined]
+            await asyncio.sleep(0.5)
+        cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu
+        broker_cpu = (cpu_seconds(b.broker_pid) - broker_cpu) if b.broker_pid else 0.0
+        members = await group_members(b, group)
+        assert members == ("Stable", workers), f"the group lost a member: {members}"
     finally:
         for proc in procs:
             b.stop_worker(proc)
+    stamps: list[int] = []
+
+    def stamp(m: Any) -> None:
+        if m.timestamp >= resumed_ms:
+            stamps.append(m.timestamp)
+
+    await b.drain([t["allowed"]], total, on=stamp)
+    assert len(stamps) == len(records), f"{len(stamps)} decisions for {len(records)} records"
+    span_s = (max(stamps) - min(stamps)) / 1000
+    return {
+        f"scale_{workers}_workers_msgs_per_s": len(stamps) / span_s,
+        f"scale_{workers}_workers_cores": cpu / span_s,
+        f"scale_{workers}_broker_cores": broker_cpu / span_s,
+    }
 
 
 async def call_cpu(b: Bench) -> dict[str, Any]:
@@ -705,7 +780,11 @@ def table(r: dict[str, Any]) -> str:
                 "scale-out, cached path, 1 / 2 / 3 workers",
                 " / ".join(f"{r[f'scale_{n}_workers_msgs_per_s']:,.0f}" for n in (1, 2, 3))
                 + " msg/s",
-                "one consumer group, one machine",
+                "one group, on a backlog; cores used by the workers "
+                + " / ".join(f"{r.get(f'scale_{n}_workers_cores', 0):.2f}" for n in (1, 2, 3))
+                + ", by the broker "
+                + " / ".join(f"{r.get(f'scale_{n}_broker_cores', 0):.2f}" for n in (1, 2, 3))
+                + f" (of {os.cpu_count()})",
             )
         )
     if "rss_bytes_per_session" in r:
@@ -770,6 +849,7 @@ async def main() -> None:
         api,
         server,  # type: ignore[union-attr]
         Path(tempfile.mkdtemp(prefix="secure-session-bench-")),
+        broker_pid=broker.process.pid if broker and broker.process else None,
     )
     for n in range(env_int("BENCH_SLOW_SESSIONS", 10_000)):
         api.tokens[f"tok-s{n}"] = f"user-{n}"
@@ -784,8 +864,12 @@ async def main() -> None:
             return
         if os.environ.get("BENCH_ONLY") == "scale":
             for n in (1, 2, 3):
-                rate = await scale_out(bench, n, 1000, env_int("BENCH_MESSAGES", 100_000))
-                print(f"{n} worker(s): {rate:,.0f} msg/s", flush=True)
+                print(
+                    json.dumps(
+                        await scale_out(bench, n, 1000, env_int("BENCH_SCALE_MESSAGES", 300_000))
+                    ),
+                    flush=True,
+                )
             return
         if os.environ.get("BENCH_ONLY") == "calls":
             print(json.dumps(await call_cpu(bench)))
@@ -836,9 +920,7 @@ async def main() -> None:
         r |= await latency_figures(bench, r["half_peak_rate"], seconds, "half_peak")
         for n in (1, 2, 3):
             print(f"scale-out, {n} worker(s)...", flush=True)
-            r[f"scale_{n}_workers_msgs_per_s"] = await scale_out(
-                bench, n, sessions, env_int("BENCH_MESSAGES", 100_000)
-            )
+            r |= await scale_out(bench, n, sessions, env_int("BENCH_SCALE_MESSAGES", 300_000))
         state_sessions = env_int("BENCH_STATE_SESSIONS", 1_000_000)
         if state_sessions:
             print(f"{state_sessions:,} sessions in the table...", flush=True)
