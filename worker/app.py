@@ -44,6 +44,7 @@ def faust_settings(settings: Settings, partitions: int) -> dict[str, Any]:
         "processing_guarantee": "at_least_once",
         "topic_partitions": partitions,
         "topic_replication_factor": settings.replication_factor,
+        "table_standby_replicas": settings.standby_replicas,
         "datadir": str(settings.data_dir),
         "web_enabled": False,  # the worker serves /metrics and health itself (metrics.py)
         "consumer_auto_offset_reset": "earliest",

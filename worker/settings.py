@@ -117,6 +117,8 @@ class Settings:
     """`scheme://host[:port]` entries connectors may call (empty: any public https host)."""
     partitions: int = 8
     replication_factor: int = 1
+    standby_replicas: int = 1
+    """Warm copies of each session-table partition kept on other workers (Faust's default)."""
     data_dir: Path = Path("secure-session-data")
     web_enabled: bool = True
     web_port: int = 6066
@@ -168,6 +170,9 @@ class Settings:
             partitions=r.get("SECURE_SESSION_PARTITIONS", _positive(int), d.partitions),
             replication_factor=r.get(
                 "SECURE_SESSION_REPLICATION_FACTOR", _positive(int), d.replication_factor
+            ),
+            standby_replicas=r.get(
+                "SECURE_SESSION_STANDBY_REPLICAS", _non_negative(int), d.standby_replicas
             ),
             data_dir=r.get("SECURE_SESSION_DATA_DIR", Path, d.data_dir),
             web_enabled=r.get("SECURE_SESSION_WEB_ENABLED", _bool, d.web_enabled),

@@ -26,6 +26,14 @@ def test_plaintext_by_default() -> None:
     assert "broker_credentials" not in faust_settings(s, 8)
 
 
+def test_standby_replicas_reach_faust() -> None:
+    assert faust_settings(Settings.from_env({}), 8)["table_standby_replicas"] == 1
+    s = Settings.from_env({"SECURE_SESSION_STANDBY_REPLICAS": "0"})
+    assert faust_settings(s, 8)["table_standby_replicas"] == 0
+    with pytest.raises(SettingsError, match="SECURE_SESSION_STANDBY_REPLICAS"):
+        Settings.from_env({"SECURE_SESSION_STANDBY_REPLICAS": "-1"})
+
+
 def test_sasl_scram_over_tls() -> None:
     s = Settings.from_env(
         {
