@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from worker import __version__
 from worker.validators.http import Answer, Http, new_transport
 
 
@@ -97,7 +98,10 @@ Call = Callable[..., Awaitable[Answer]]
 
 @contextlib.asynccontextmanager
 async def calling(
-    url: str, transport: httpx.AsyncBaseTransport, max_concurrent: int
+    url: str,
+    transport: httpx.AsyncBaseTransport,
+    max_concurrent: int,
+    headers: dict[str, str] | None = None,
 ) -> AsyncIterator[Call]:
     """`Http.call` through `transport`, the same small POST to `url` each time (keyword
     arguments go to `call`); the transport is closed afterwards."""
@@ -106,7 +110,7 @@ async def calling(
     )
 
     async def build() -> httpx.Request:
-        return httpx.Request("POST", url, json={"t": "x"}, headers={"X-Api-Key": "k"})
+        return httpx.Request("POST", url, json={"t": "x"}, headers=headers or {"X-Api-Key": "k"})
 
     def call(timeout_s: float = 1, **kwargs: Any) -> Awaitable[Answer]:
         return http.call(build, timeout_s, **kwargs)
@@ -126,8 +130,17 @@ async def test_a_request_goes_out_as_httpx_built_it(api: tuple[KeepAliveApi, str
     headers = [line.lower() for line in lines[1:] if line]
     assert b"x-api-key: k" in headers
     assert b"content-type: application/json" in headers
+    assert b"user-agent: secure-session/" + __version__.encode() in headers
     assert [h for h in headers if h.startswith(b"content-length")] == [b"content-length: 9"]
     assert raw.bodies == [b'{"t":"x"}']
+
+
+async def test_a_connector_user_agent_wins_over_the_default(api: tuple[KeepAliveApi, str]) -> None:
+    raw, url = api
+    async with calling(url, new_transport(1), 1, headers={"User-Agent": "acme-bot/1"}) as call:
+        assert (await call()).status == 200
+    headers = [line.lower() for line in raw.heads[0].split(b"\r\n")[1:] if line]
+    assert [h for h in headers if h.startswith(b"user-agent")] == [b"user-agent: acme-bot/1"]
 
 
 async def test_a_connection_is_reused_whether_or_not_the_body_is_wanted(

@@ -22,6 +22,7 @@ import aiohttp
 import httpx
 import yarl
 
+from worker import __version__
 from worker.errors import Misconfigured
 from worker.validators.guard import EndpointGuard
 
@@ -85,6 +86,8 @@ class _Transport(httpx.AsyncBaseTransport):
                 keepalive_timeout=5,  # idle connections kept 5 s, as httpx's pool did
             ),
             cookie_jar=aiohttp.DummyCookieJar(),  # never kept (see new_transport)
+            # a connector's own User-Agent header, if it has one, wins over this default
+            headers={"User-Agent": f"secure-session/{__version__}"},
             auto_decompress=False,  # httpx decodes the body, as with its own transport
             trust_env=False,  # no proxy or .netrc from the environment
         )
