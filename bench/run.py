@@ -819,7 +819,9 @@ def chart(r: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    scale = [n for n in (1, 2, 3) if f"scale_{n}_workers_msgs_per_s" in r]
+    fig, axes = plt.subplots(1, 3 if scale else 2, figsize=(15 if scale else 10, 4))
+    left, right = axes[0], axes[1]
     names = ["bare loop", "cached path", "slow API"]
     values = [r["bare_msgs_per_s"], r["cached_msgs_per_s"], r["slow_msgs_per_s"]]
     left.bar(names, values, color=["#999999", "#2a7ab0", "#e08a1e"])
@@ -834,6 +836,23 @@ def chart(r: dict[str, Any], path: Path) -> None:
     right.set_ylabel("added latency, ms")
     right.set_title("Latency, cached path")
     right.legend()
+    if scale:
+        ax = axes[2]
+        ax.bar(
+            [f"{n} worker{'s' if n > 1 else ''}" for n in scale],
+            [r[f"scale_{n}_workers_msgs_per_s"] for n in scale],
+            color="#2a7ab0",
+        )
+        for i, n in enumerate(scale):
+            cores = r.get(f"scale_{n}_workers_cores", 0) + r.get(f"scale_{n}_broker_cores", 0)
+            ax.annotate(
+                f"{cores:.1f} cores",
+                (i, r[f"scale_{n}_workers_msgs_per_s"]),
+                ha="center",
+                va="bottom",
+            )
+        ax.set_ylabel("messages / s")
+        ax.set_title(f"Scale-out, cached path ({os.cpu_count()} cores: workers + broker)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
