@@ -432,7 +432,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def scale_out(b: Bench, workers: int, sessions: int, messages: int) -> tuple[float, float]:
+async def scale_out(b: Bench, workers: int, sessions: int, messages: int) -> dict[str, float]:
     """Cached-path throughput with `workers` processes in one consumer group, on a backlog.
 
     The workers join one group and validate every session; then they are stopped
