@@ -331,6 +331,23 @@ async def committed(b: Bench, group: str, topic: str) -> int:
         await consumer.stop()
 
 
+async def decision_span(
+    b: Bench, outputs: list[str], output_total: int, since_ms: float, expected: int
+) -> float:
+    """Seconds from the first to the last of the `expected` decisions made since `since_ms`,
+    by their output records' timestamps (set when the worker decided them); reads all
+    `output_total` records of `outputs` and checks that exactly `expected` are that new."""
+    stamps: list[int] = []
+
+    def stamp(m: Any) -> None:
+        if m.timestamp >= since_ms:
+            stamps.append(m.timestamp)
+
+    await b.drain(outputs, output_total, on=stamp)
+    assert len(stamps) == expected, f"{len(stamps)} decisions for {expected} records"
+    return (max(stamps) - min(stamps)) / 1000
+
+
 async def worker_rate(
     b: Bench, tag: str, inbound_total: int, outputs: list[str], output_total: int, expected: int
 ) -> float:
@@ -360,15 +377,7 @@ async def worker_rate(
             profiler.send_signal(signal.SIGINT)
             profiler.wait(30)
         b.stop_worker(worker)
-    stamps: list[int] = []
-
-    def stamp(m: Any) -> None:
-        if m.timestamp >= since_ms:
-            stamps.append(m.timestamp)
-
-    await b.drain(outputs, output_total, on=stamp)
-    assert len(stamps) == expected, f"{len(stamps)} decisions for {expected} records"
-    return len(stamps) / ((max(stamps) - min(stamps)) / 1000)
+    return expected / await decision_span(b, outputs, output_total, since_ms, expected)
 
 
 async def cached_path(b: Bench, sessions: int, messages: int, rounds: int) -> dict[str, Any]:
@@ -480,17 +489,9 @@ async def scale_out(b: Bench, workers: int, sessions: int, messages: int) -> dic
     finally:
         for proc in procs:
             b.stop_worker(proc)
-    stamps: list[int] = []
-
-    def stamp(m: Any) -> None:
-        if m.timestamp >= resumed_ms:
-            stamps.append(m.timestamp)
-
-    await b.drain([t["allowed"]], total, on=stamp)
-    assert len(stamps) == len(records), f"{len(stamps)} decisions for {len(records)} records"
-    span_s = (max(stamps) - min(stamps)) / 1000
+    span_s = await decision_span(b, [t["allowed"]], total, resumed_ms, len(records))
     return {
-        f"scale_{workers}_workers_msgs_per_s": len(stamps) / span_s,
+        f"scale_{workers}_workers_msgs_per_s": len(records) / span_s,
         f"scale_{workers}_workers_cores": cpu / span_s,
         f"scale_{workers}_broker_cores": broker_cpu / span_s,
     }
