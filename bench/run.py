@@ -859,15 +859,15 @@ def chart(r: dict[str, Any], path: Path) -> None:
 
 
 async def main() -> None:
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    broker = None if external else EmbeddedBroker().start()
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    broker = None if bootstrap else EmbeddedBroker().start()
     api = AuthorizationAPI(api_key=API_KEY)
     server = await RunningAPI(api).start()
     bench = Bench(
-        external or broker.bootstrap,
+        broker.bootstrap if broker else str(bootstrap),
         broker is not None,
         api,
-        server,  # type: ignore[union-attr]
+        server,
         Path(tempfile.mkdtemp(prefix="secure-session-bench-")),
         broker_pid=broker.process.pid if broker and broker.process else None,
     )
@@ -955,7 +955,7 @@ async def main() -> None:
     r["machine"] = (
         f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     )
-    r["broker"] = "external" if external else "tansu (embedded)"
+    r["broker"] = "external" if broker is None else "tansu (embedded)"
     (HERE / "results.json").write_text(json.dumps(r, indent=2) + "\n")
     chart(r, HERE / "results.png")
     print()
