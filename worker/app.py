@@ -167,6 +167,10 @@ def create_app(
             await transport.aclose()
 
     @app.task  # type: ignore[untyped-decorator]
+    async def watch_event_loop() -> None:
+        await pipeline.metrics.watch_loop()
+
+    @app.task  # type: ignore[untyped-decorator]
     async def tune_garbage_collection() -> None:
         await config_ready.wait()
         # Faust, the modules and the configuration leave the collector's full passes, which

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from typing import Any
@@ -240,3 +241,4 @@ def test_metrics_and_health_endpoints(harness: Harness) -> None:
     assert 'secure_session_cache_hits_total{bot="secure"} 2.0' in text
     assert 'secure_session_circuit_open{connector="acme/main"} 0.0' in text
     assert "secure_session_consumer_lag{partition=" in text
+    assert re.search(r"^secure_session_event_loop_lag_seconds_count [1-9]", text, re.M)

@@ -1,0 +1,37 @@
+"""The event loop's lag, as the worker exports it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from worker.metrics import LOOP_TICK_S, Metrics
+
+
+def lag_sample(metrics: Metrics, suffix: str, le: str | None = None) -> float:
+    labels = {"le": le} if le is not None else {}
+    value = metrics.registry.get_sample_value(
+        f"secure_session_event_loop_lag_seconds{suffix}", labels
+    )
+    assert value is not None
+    return value
+
+
+async def test_a_blocked_loop_shows_as_lag() -> None:
+    metrics = Metrics()
+    watch = asyncio.create_task(metrics.watch_loop())
+    try:
+        await asyncio.sleep(LOOP_TICK_S * 4.5)  # a few quiet ticks
+        quiet = lag_sample(metrics, "_count")
+        assert quiet >= 3
+        assert lag_sample(metrics, "_bucket", "0.1") == quiet  # none late by 100 ms
+        time.sleep(0.3)  # a blocking call in the loop: the next tick wakes ~0.25 s late
+        await asyncio.sleep(LOOP_TICK_S * 2.5)
+    finally:
+        watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watch
+    late = lag_sample(metrics, "_count") - lag_sample(metrics, "_bucket", "0.1")
+    assert late >= 1
+    assert lag_sample(metrics, "_sum") >= 0.2
