@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -44,7 +46,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from worker.decide import SessionState
 from worker.demo.authapi import AuthorizationAPI, RunningAPI
-from worker.demo.broker import EmbeddedBroker, stop_process
+from worker.demo.broker import EmbeddedBroker, free_port, stop_process
 
 HERE = Path(__file__).parent
 API_KEY = "bench-api-key"
@@ -598,21 +600,54 @@ async def steady_load(
     return Latency(samples), Latency(stamped)
 
 
-async def latency(b: Bench, rate: float, seconds: float, tag: str) -> tuple[Latency, Latency]:
-    """Added latency (produce inbound to consume allowed) at a steady rate, cached path."""
+async def latency(
+    b: Bench, rate: float, seconds: float, tag: str
+) -> tuple[Latency, Latency, dict[str, float]]:
+    """Added latency (produce inbound to consume allowed) at a steady rate, cached path;
+    and how late the worker's event loop ran meanwhile (its lag histogram, scraped)."""
     t = b.topics(tag)
     await b.create([t["inbound"], t["allowed"], t["blocked"], t["audit"]])
     sessions = 500
-    worker = b.start_worker(tag, interval=3600)
+    port = free_port()
+    worker = b.start_worker(
+        tag,
+        interval=3600,
+        extra={"SECURE_SESSION_WEB_ENABLED": "1", "SECURE_SESSION_WEB_PORT": str(port)},
+    )
     try:
         await b.produce(t["inbound"], workload(sessions, 1, "l"))
         await b.drain([t["allowed"]], sessions)
         # settle: in its first seconds after start-up the worker pauses once (~100 ms,
         # measured): not the steady state this run measures
         await asyncio.sleep(3)
-        return await steady_load(b, t["inbound"], t["allowed"], rate, seconds, sessions, sessions)
+        before = await loop_lag(port)
+        run, decided = await steady_load(
+            b, t["inbound"], t["allowed"], rate, seconds, sessions, sessions
+        )
+        after = await loop_lag(port)
     finally:
         b.stop_worker(worker)
+    ticks = {bound: after[bound] - before.get(bound, 0) for bound in after}
+    total = ticks[float("inf")]
+    return (
+        run,
+        decided,
+        {
+            "loop_ticks": total,
+            "loop_late_10ms": total - ticks[0.01],
+            "loop_lag_max_ms": 1000 * min(bound for bound, n in ticks.items() if n == total),
+        },
+    )
+
+
+async def loop_lag(port: int) -> dict[float, float]:
+    """The worker's event-loop lag histogram (`/metrics`): ticks by bucket bound, seconds."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    found = re.findall(
+        r'^secure_session_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)', text, re.M
+    )
+    return {float(le): float(n) for le, n in found}
 
 
 @contextlib.asynccontextmanager
@@ -645,9 +680,13 @@ async def latency_figures(b: Bench, rate: float, seconds: float, name: str) -> d
     async with fresh_broker(b):
         if name == "hop":
             return figures("hop_", (await hop_latency(b, rate, seconds))[0])
-        run, decided = await latency(b, rate, seconds, f"lat{uuid.uuid4().hex[:6]}")
+        run, decided, lag = await latency(b, rate, seconds, f"lat{uuid.uuid4().hex[:6]}")
     prefix = "" if name == "worker" else f"{name}_"
-    return figures(prefix, run) | figures(f"{prefix}decided_", decided)
+    return (
+        figures(prefix, run)
+        | figures(f"{prefix}decided_", decided)
+        | {f"{prefix}{k}": v for k, v in lag.items()}
+    )
 
 
 async def hop_latency(b: Bench, rate: float, seconds: float) -> tuple[Latency, Latency]:
@@ -763,6 +802,12 @@ def table(r: dict[str, Any]) -> str:
             "same load, send to the worker's decision",
             f"p50 {r.get('decided_p50_ms', 0):.1f} ms",
             f"p99 {r.get('decided_p99_ms', 0):.1f} ms (the inbound hop and the worker)",
+        ),
+        (
+            "same load, the worker's event loop",
+            f"{r.get('loop_late_10ms', 0):.0f} of {r.get('loop_ticks', 0):.0f} ticks",
+            f"late by > 10 ms (a tick every 50 ms); none by more than "
+            f"{r.get('loop_lag_max_ms', 0):.0f} ms",
         ),
         (
             "same load, producer to consumer, no worker",
@@ -911,7 +956,9 @@ async def main() -> None:
                 f"{r['hop_p99_ms']:.1f} ms; through the worker p50 {r['p50_ms']:.1f} ms, "
                 f"p99 {r['p99_ms']:.1f} ms; to its decision p50 {r['decided_p50_ms']:.1f} ms, "
                 f"p99 {r['decided_p99_ms']:.1f} ms; p99 by 2 s: hop {r['hop_p99_by_2s_ms']}, "
-                f"worker {r['p99_by_2s_ms']}, to decision {r['decided_p99_by_2s_ms']}"
+                f"worker {r['p99_by_2s_ms']}, to decision {r['decided_p99_by_2s_ms']}; "
+                f"the worker's loop late by > 10 ms in {r['loop_late_10ms']:.0f} of "
+                f"{r['loop_ticks']:.0f} ticks, never by more than {r['loop_lag_max_ms']:.0f} ms"
             )
             return
         messages = env_int("BENCH_MESSAGES", 100_000)
