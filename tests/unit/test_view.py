@@ -8,6 +8,7 @@ import orjson
 from aiokafka import ConsumerRecord
 from rich.console import Console
 
+from worker.demo.traffic import line
 from worker.demo.view import DevView
 
 
@@ -49,3 +50,17 @@ def test_counts_reasons_latency_and_keeps_the_last_blocked() -> None:
 
 def test_an_empty_view_renders() -> None:
     assert "messages decided" in screen(DevView(calls=lambda: 0))
+
+
+def test_decision_lines_show_a_dash_for_what_an_unparsed_event_lacks() -> None:
+    blocked = {"reason": "invalid_event", "detail": "value is not valid JSON", "bot": None}
+    shown = line("blocked", b"conv-broken", orjson.dumps(blocked), {})
+    assert "invalid_event" in shown
+    assert shown.endswith("conv-broken    -  -  (value is not valid JSON)")
+    allowed = line(
+        "allowed",
+        b"s-1",
+        orjson.dumps({"id": "m-1", "bot": "securebot"}),
+        {"secure-session-reason": b"cached"},
+    )
+    assert allowed.endswith("s-1            securebot  m-1")

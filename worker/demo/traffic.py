@@ -58,12 +58,12 @@ def line(topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes])
     if topic == "allowed":
         doc = orjson.loads(value)
         reason = headers.get("secure-session-reason", b"").decode()
-        what = f"{doc.get('bot')}  {doc.get('id')}"
+        what = f"{doc.get('bot') or '-'}  {doc.get('id') or '-'}"
         return f"{COLOR['allowed']}ALLOWED {reason:<26}{RESET} {session:<14} {what}"
     doc = orjson.loads(value)
     return (
         f"{COLOR['blocked']}BLOCKED {doc['reason']:<26}{RESET} {session:<14} "
-        f"{doc.get('bot')}  {doc.get('messageId')}  ({doc['detail']})"
+        f"{doc.get('bot') or '-'}  {doc.get('messageId') or '-'}  ({doc['detail']})"
     )
 
 
