@@ -42,6 +42,9 @@ class KafkaTuning:
     """How long the producer waits to fill a batch (Kafka 4's default; fewer, larger requests)."""
     fetch_max_wait_ms: int = 500
     """How long a fetch may wait for data (Kafka's default; Faust alone would use 1500)."""
+    max_poll_records: int = 5000
+    """Records the consumer hands over at a time: aiokafka unpacks them in one go, and
+    unbounded that is a whole fetch (up to 4 MB a partition), stalling the event loop."""
 
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -214,6 +217,7 @@ class Settings:
                 ),
                 fetch_max_wait_ms=r.get("KAFKA_FETCH_MAX_WAIT_MS", _positive(int), 500),
                 producer_linger_ms=r.get("KAFKA_PRODUCER_LINGER_MS", _non_negative(int), 5),
+                max_poll_records=r.get("KAFKA_MAX_POLL_RECORDS", _positive(int), 5000),
             ),
             security=_security(r),
             environ=env,

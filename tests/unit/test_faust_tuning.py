@@ -20,7 +20,7 @@ from worker import faust_tuning
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_the_worker_consumer_gets_the_configured_fetch_wait() -> None:
-    app = faust.App("tuning-test", broker="kafka://127.0.0.1:1")
+    app = faust.App("tuning-test", broker="kafka://127.0.0.1:1", broker_max_poll_records=321)
     faust_tuning.install(app, fetch_max_wait_ms=7)
     assert isinstance(app.transport, faust_tuning.Transport)
     consumer = app.consumer
@@ -30,6 +30,7 @@ async def test_the_worker_consumer_gets_the_configured_fetch_wait() -> None:
     try:
         assert isinstance(created, aiokafka.AIOKafkaConsumer)
         assert created._fetch_max_wait_ms == 7
+        assert created._max_poll_records == 321  # Faust passes it on (KAFKA_MAX_POLL_RECORDS)
     finally:
         await created.stop()
         del app, consumer, thread, created

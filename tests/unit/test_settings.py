@@ -34,6 +34,14 @@ def test_standby_replicas_reach_faust() -> None:
         Settings.from_env({"SECURE_SESSION_STANDBY_REPLICAS": "-1"})
 
 
+def test_the_consumer_hands_over_bounded_batches() -> None:
+    assert faust_settings(Settings.from_env({}), 8)["broker_max_poll_records"] == 5000
+    s = Settings.from_env({"KAFKA_MAX_POLL_RECORDS": "500"})
+    assert faust_settings(s, 8)["broker_max_poll_records"] == 500
+    with pytest.raises(SettingsError, match="KAFKA_MAX_POLL_RECORDS"):
+        Settings.from_env({"KAFKA_MAX_POLL_RECORDS": "0"})
+
+
 def test_sasl_scram_over_tls() -> None:
     s = Settings.from_env(
         {
