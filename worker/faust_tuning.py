@@ -169,8 +169,11 @@ class _Buffer(ProducerBuffer):
             if self.state != "running":  # as Faust's: nothing would send them
                 raise RuntimeError("Cannot flush: Producer not Running")
             self._progress.clear()
-            with contextlib.suppress(TimeoutError):  # then look at the state again
-                await asyncio.wait_for(self._progress.wait(), timeout=0.1)
+            # then look at the state again; asyncio.timeout, not wait_for, which on 3.11
+            # can lose a cancellation of this flush (gh-86296)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.1):
+                    await self._progress.wait()
 
 
 class _Producer(driver.Producer):
