@@ -26,20 +26,22 @@ def test_plaintext_by_default() -> None:
     assert "broker_credentials" not in faust_settings(s, 8)
 
 
-def test_standby_replicas_reach_faust() -> None:
-    assert faust_settings(Settings.from_env({}), 8)["table_standby_replicas"] == 1
-    s = Settings.from_env({"SECURE_SESSION_STANDBY_REPLICAS": "0"})
-    assert faust_settings(s, 8)["table_standby_replicas"] == 0
-    with pytest.raises(SettingsError, match="SECURE_SESSION_STANDBY_REPLICAS"):
-        Settings.from_env({"SECURE_SESSION_STANDBY_REPLICAS": "-1"})
-
-
-def test_the_consumer_hands_over_bounded_batches() -> None:
-    assert faust_settings(Settings.from_env({}), 8)["broker_max_poll_records"] == 5000
-    s = Settings.from_env({"KAFKA_MAX_POLL_RECORDS": "500"})
-    assert faust_settings(s, 8)["broker_max_poll_records"] == 500
-    with pytest.raises(SettingsError, match="KAFKA_MAX_POLL_RECORDS"):
-        Settings.from_env({"KAFKA_MAX_POLL_RECORDS": "0"})
+@pytest.mark.parametrize(
+    ("variable", "faust_key", "default", "value", "refused"),
+    [
+        ("SECURE_SESSION_STANDBY_REPLICAS", "table_standby_replicas", 1, 0, "-1"),
+        # the consumer hands over bounded batches (README, Performance)
+        ("KAFKA_MAX_POLL_RECORDS", "broker_max_poll_records", 5000, 500, "0"),
+    ],
+)
+def test_a_setting_reaches_faust(
+    variable: str, faust_key: str, default: int, value: int, refused: str
+) -> None:
+    assert faust_settings(Settings.from_env({}), 8)[faust_key] == default
+    s = Settings.from_env({variable: str(value)})
+    assert faust_settings(s, 8)[faust_key] == value
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env({variable: refused})
 
 
 def test_sasl_scram_over_tls() -> None:
