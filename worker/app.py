@@ -127,7 +127,10 @@ def create_app(
         log.critical("producing a decision failed: %r; stopping the worker", exc)
         app.loop.create_task(app.crash(exc))
 
-    outbox = Outbox(lambda: faust_tuning.kafka_producer(app), delivery_failed)
+    metrics = Metrics()
+    outbox = Outbox(
+        lambda: faust_tuning.kafka_producer(app), delivery_failed, on_delivered=metrics.delivered
+    )
     faust_tuning.before_flush(app, outbox.flush)
 
     async def send(
@@ -135,10 +138,11 @@ def create_app(
         key: bytes | None,
         value: bytes,
         headers: Sequence[tuple[str, bytes]] | None = None,
+        since: float | None = None,
     ) -> None:
         count = partitions[topic]
         partition = None if key is None else partition_for(key, count)
-        outbox.add(topic, partition, count, key, value, headers)
+        outbox.add(topic, partition, count, key, value, headers, since)
         if outbox.full:
             await outbox.room()
 
@@ -152,7 +156,7 @@ def create_app(
         send=send,
         topics=t,
         max_held=settings.max_held_messages,
-        metrics=Metrics(),
+        metrics=metrics,
         run_as=lambda origin, fn, *args: faust_tuning.run_as_current(app, origin, fn, *args),
     )
     pipeline.metrics.watch(

@@ -8,13 +8,15 @@ read, 503 before). Served by aiohttp (Faust's own dependency) on the worker's ev
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import logging
-from collections.abc import Callable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
@@ -22,6 +24,11 @@ log = logging.getLogger(__name__)
 
 LOOP_TICK_S = 0.05
 """How often the event loop's lag is sampled (a wake-up a tick: no cost to speak of)."""
+
+DECISION_BUCKETS_S = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25,
+    0.5, 1, 2.5, 5, 10, 30,
+)  # fmt: skip
 
 
 class Metrics:
@@ -32,6 +39,8 @@ class Metrics:
         # counted in a plain dict on the hot path, exported when scraped (no lock per message)
         self._decisions: collections.Counter[tuple[str, str]] = collections.Counter()
         self.registry.register(_Decisions(self._decisions))
+        self._decision_time = _DecisionTime()
+        self.registry.register(self._decision_time)
         self._validations = Counter(
             "secure_session_validations",
             "Validations made, by type, connector and outcome",
@@ -84,6 +93,11 @@ class Metrics:
     def decided(self, reason: str, bot: str) -> None:
         self._decisions[(reason, bot)] += 1
 
+    def delivered(self, received: Iterable[float]) -> None:
+        """Decision records delivered now, of messages that came in at `received`
+        (`time.monotonic()`): one call per delivered batch, not per record."""
+        self._decision_time.observe(time.monotonic(), received)
+
     def validated(self, kind: str, connector: str, outcome: str, seconds: float) -> None:
         self._validations.labels(kind, connector, outcome).inc()
         self._latency.labels(kind, connector).observe(seconds)
@@ -117,6 +131,36 @@ class _Decisions(Collector):
             hits.add_metric([bot], n)
         yield family
         yield hits
+
+
+class _DecisionTime(Collector):
+    """A histogram filled a batch at a time: 0.12 µs a record, where prometheus_client's
+    `observe`, with its lock, takes 1.1 µs (a cached-path message takes 25 µs at 40,000 msg/s)."""
+
+    def __init__(self) -> None:
+        self._counts = [0] * (len(DECISION_BUCKETS_S) + 1)  # the last: over every bound
+        self._sum = 0.0
+
+    def observe(self, now: float, received: Iterable[float]) -> None:
+        counts, bounds, total = self._counts, DECISION_BUCKETS_S, 0.0
+        for at in received:
+            seconds = now - at
+            counts[bisect.bisect_left(bounds, seconds)] += 1  # bucket: bound >= seconds
+            total += seconds
+        self._sum += total
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        cumulative, buckets = 0, []
+        for bound, n in zip((*map(str, DECISION_BUCKETS_S), "+Inf"), self._counts, strict=True):
+            cumulative += n
+            buckets.append((bound, cumulative))
+        yield HistogramMetricFamily(
+            "secure_session_decision_seconds",
+            "Time from a message's arrival in the worker to the broker's acknowledgement of "
+            "its decision (its allowed or blocked record), validation included",
+            buckets=buckets,
+            sum_value=self._sum,
+        )
 
 
 class _Live(Collector):

@@ -13,6 +13,9 @@ At least once: a record may be acked once it is `add`ed. Faust flushes the produ
 every commit, and its producer (worker/faust_tuning.py) first awaits `flush()` here, which
 hands over the open builders, waits for every batch to be delivered, and raises if one was
 not, so that commit fails instead of passing records that were never written.
+
+A record may come with the time its inbound message came in (`since`); once its batch is
+delivered, `on_delivered` gets those times (the worker's decision-time histogram).
 """
 
 from __future__ import annotations
@@ -21,11 +24,18 @@ import asyncio
 import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
 TP = tuple[str, int]
+
+
+@dataclass(slots=True, eq=False)
+class _Batch:
+    builder: Any  # aiokafka BatchBuilder
+    since: list[float] = field(default_factory=list)  # of the records that came with one
 
 
 class Outbox:
@@ -36,13 +46,15 @@ class Outbox:
         producer: Callable[[], AIOKafkaProducer],
         on_failure: Callable[[BaseException], None],
         *,
+        on_delivered: Callable[[list[float]], None] = lambda _since: None,
         max_queued: int = 64,
     ) -> None:
         self._producer = producer
         self._on_failure = on_failure
+        self._on_delivered = on_delivered
         self._max_queued = max_queued
-        self._open: dict[TP, Any] = {}  # aiokafka BatchBuilder, still taking records
-        self._queued: dict[TP, deque[Any]] = {}  # closed, in order, not yet handed over
+        self._open: dict[TP, _Batch] = {}  # still taking records
+        self._queued: dict[TP, deque[_Batch]] = {}  # closed, in order, not yet handed over
         self._senders: dict[TP, asyncio.Task[None]] = {}
         self._closed: dict[TP, int] = {}  # batches closed, by topic partition
         self._sent: dict[TP, int] = {}  # batches delivered
@@ -62,6 +74,7 @@ class Outbox:
         key: bytes | None,
         value: bytes,
         headers: Sequence[tuple[str, bytes]] | None,
+        since: float | None = None,
     ) -> None:
         """Queue a record (in call order per topic partition); never waits."""
         if partition is None:
@@ -69,16 +82,18 @@ class Outbox:
         tp = (topic, partition)
         if not isinstance(headers, list):  # aiokafka's builder takes lists only
             headers = list(headers or ())
-        builder = self._open.get(tp)
+        batch = self._open.get(tp)
         if (
-            builder is None
-            or builder.append(timestamp=None, key=key, value=value, headers=headers) is None
+            batch is None
+            or batch.builder.append(timestamp=None, key=key, value=value, headers=headers) is None
         ):
-            if builder is not None:  # full (append closed it): next in line
-                self._enqueue(tp, builder)
-            builder = self._open[tp] = self._producer().create_batch()
+            if batch is not None:  # full (append closed it): next in line
+                self._enqueue(tp, batch)
+            batch = self._open[tp] = _Batch(self._producer().create_batch())
             # an empty batch takes any record (the pipeline keeps records under 1 MB)
-            builder.append(timestamp=None, key=key, value=value, headers=headers)
+            batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
+        if since is not None:
+            batch.since.append(since)
         if not self._turn_scheduled:
             self._turn_scheduled = True
             asyncio.get_running_loop().call_soon(self._end_of_turn)
@@ -94,9 +109,9 @@ class Outbox:
     async def flush(self) -> None:
         """Wait until every record added so far is delivered (not the ones added meanwhile:
         under steady load that would never end); raise if one could not be."""
-        for tp, builder in self._open.items():
-            builder.close()
-            self._enqueue(tp, builder)
+        for tp, batch in self._open.items():
+            batch.builder.close()
+            self._enqueue(tp, batch)
         self._open.clear()
         target = dict(self._closed)
         self._end_of_turn()
@@ -106,12 +121,12 @@ class Outbox:
         if self._failure is not None:
             raise self._failure
 
-    def _enqueue(self, tp: TP, builder: Any) -> None:
+    def _enqueue(self, tp: TP, batch: _Batch) -> None:
         queue = self._queued.get(tp)
         if queue is None:
             queue = self._queued[tp] = deque()
             self._closed[tp] = self._sent[tp] = 0
-        queue.append(builder)
+        queue.append(batch)
         self._closed[tp] += 1
         self._n_queued += 1
         if self._n_queued >= self._max_queued:
@@ -134,15 +149,17 @@ class Outbox:
                 queue = self._queued.get(tp)
                 if not queue:
                     return
-                builder = queue.popleft()
-                builder.close()
+                batch = queue.popleft()
+                batch.builder.close()
                 self._n_queued -= 1
                 if self._n_queued < self._max_queued:
                     self._room.set()
-                delivered = await producer.send_batch(builder, tp[0], partition=tp[1])
+                delivered = await producer.send_batch(batch.builder, tp[0], partition=tp[1])
                 await delivered
                 self._sent[tp] += 1
                 self._progress.set()
+                if batch.since:
+                    self._on_delivered(batch.since)
         except Exception as exc:  # noqa: BLE001 - not written: the worker must stop
             self._fail(exc)
         finally:

@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 
 
 class Send(Protocol):
-    """Queue one record for production, in call order (returns once it is queued)."""
+    """Queue one record for production, in call order (returns once it is queued);
+    `since`: for a decision, when its message came in (`time.monotonic()`), to be timed."""
 
     def __call__(
         self,
@@ -59,6 +60,7 @@ class Send(Protocol):
         key: bytes | None,
         value: bytes,
         headers: Sequence[tuple[str, bytes]] | None = None,
+        since: float | None = None,
     ) -> Awaitable[None]: ...
 
 
@@ -74,6 +76,8 @@ class _Record:
     value: bytes | None
     ack: Callable[[], Any]
     order: deque[_Record]
+    received: float
+    """When it came in (`time.monotonic()`)."""
     event: Inbound | None = None
     origin: Any = None
     """The Kafka message, for table writes on its behalf (see `RunAs`)."""
@@ -138,7 +142,7 @@ class Pipeline:
         order = self._order.get(partition)
         if order is None:
             order = self._order[partition] = deque()
-        record = _Record(key, value, ack, order, origin=origin)
+        record = _Record(key, value, ack, order, time.monotonic(), origin=origin)
         order.append(record)
         try:
             record.event = parse_inbound(value)
@@ -315,7 +319,9 @@ class Pipeline:
             return
         self.metrics.decided(decision.reason, record.event.bot if record.event else "")
         headers = allowed_headers(decision.reason, decision.validated_at_ms, decision.identity)
-        await self._send(self._topics.allowed, _out_key(record), record.value, headers)
+        await self._send(
+            self._topics.allowed, _out_key(record), record.value, headers, record.received
+        )
         self._done(record)
 
     async def _block(
@@ -336,6 +342,7 @@ class Pipeline:
             self._topics.blocked,
             key,
             blocked_record(who, reason, detail, error_message, event, now_ms),
+            since=record.received,
         )
         await self._send(
             self._topics.audit,

@@ -242,3 +242,11 @@ def test_metrics_and_health_endpoints(harness: Harness) -> None:
     assert 'secure_session_circuit_open{connector="acme/main"} 0.0' in text
     assert "secure_session_consumer_lag{partition=" in text
     assert re.search(r"^secure_session_event_loop_lag_seconds_count [1-9]", text, re.M)
+    # the four decisions, timed once the broker acknowledged them (just after they can be read)
+    deadline = time.monotonic() + 5
+    while "\nsecure_session_decision_seconds_count 4.0\n" not in text:
+        assert time.monotonic() < deadline, re.findall(
+            r"^secure_session_decision_sec.*", text, re.M
+        )
+        time.sleep(0.05)
+        text = httpx.get(f"{base}/metrics").text

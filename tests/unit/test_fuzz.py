@@ -92,7 +92,9 @@ def pipeline(outputs: list[tuple[str, bytes]]) -> Pipeline:
     async def api(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200 if request.headers.get("X-T", "").startswith("ok") else 403)
 
-    async def send(topic: str, key: bytes | None, value: bytes, headers: Any = None) -> None:
+    async def send(
+        topic: str, key: bytes | None, value: bytes, headers: Any = None, since: Any = None
+    ) -> None:
         outputs.append((topic, value))
 
     plain = {"Name": "open", "Organization": "acme", "SecureSession": False}

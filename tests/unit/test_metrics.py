@@ -35,3 +35,23 @@ async def test_a_blocked_loop_shows_as_lag() -> None:
     late = lag_sample(metrics, "_count") - lag_sample(metrics, "_bucket", "0.1")
     assert late >= 1
     assert lag_sample(metrics, "_sum") >= 0.2
+
+
+def test_decision_times_are_counted_by_bucket_a_batch_at_a_time() -> None:
+    metrics = Metrics()
+    now = time.monotonic()
+    metrics.delivered([now - 0.004, now - 0.004, now - 2])
+
+    def sample(suffix: str, le: str | None = None) -> float:
+        labels = {"le": le} if le is not None else {}
+        value = metrics.registry.get_sample_value(
+            f"secure_session_decision_seconds{suffix}", labels
+        )
+        assert value is not None
+        return value
+
+    assert sample("_bucket", "0.003") == 0
+    assert sample("_bucket", "0.005") == 2
+    assert sample("_bucket", "1") == 2
+    assert sample("_bucket", "2.5") == sample("_bucket", "+Inf") == sample("_count") == 3
+    assert 2.008 <= sample("_sum") < 2.1

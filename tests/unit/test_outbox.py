@@ -116,3 +116,26 @@ async def test_too_many_waiting_batches_ask_the_caller_to_wait() -> None:
     await asyncio.wait_for(outbox.room(), 1)
     await outbox.flush()
     assert len(values(producer, "allowed", 0)) == 40
+
+
+async def test_each_batch_reports_when_its_timed_records_came_in_once_it_is_delivered() -> None:
+    producer = FakeProducer(batch_size=200, delay_s=0.005)  # a few records a batch
+    reports: list[tuple[int, list[float]]] = []  # (batches delivered by then, times)
+    outbox = Outbox(
+        lambda: producer,  # type: ignore[arg-type,return-value]
+        print,
+        on_delivered=lambda since: reports.append((producer.delivered, list(since))),
+    )
+    for n in range(100):
+        outbox.add("allowed", n % 2, 2, None, b"record-%04d" % n, None, since=float(n))
+        outbox.add("audit", 0, 1, None, b"audit-%04d" % n, None)  # not timed
+        if n % 7 == 0:
+            await asyncio.sleep(0)
+    await outbox.flush()
+    assert len(reports) > 4  # one report a delivered batch of the timed topic
+    assert [at for _, ats in reports for at in ats if at % 2 == 0] == [
+        float(n) for n in range(0, 100, 2)
+    ]
+    assert sorted(at for _, ats in reports for at in ats) == [float(n) for n in range(100)]
+    delivered = [n for n, _ in reports]
+    assert delivered == sorted(delivered) and delivered[0] >= 1  # after delivery, not before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -82,7 +83,9 @@ def make(gate: Gate, max_held: int = 100) -> tuple[Pipeline, list[tuple[str, Any
     sent: list[tuple[str, Any]] = []
     acked: list[int] = []
 
-    async def send(topic: str, key: bytes | None, value: bytes, headers: Any = None) -> None:
+    async def send(
+        topic: str, key: bytes | None, value: bytes, headers: Any = None, since: Any = None
+    ) -> None:
         doc = orjson.loads(value)
         sent.append((topic, doc["id"] if topic == Topics().allowed else doc))
 
@@ -146,3 +149,26 @@ async def test_a_value_that_cannot_be_a_header_is_token_invalid_and_never_stalls
     assert "X-T is not printable ASCII" in blocked[0]["detail"]
     assert gate.calls == ["ok-1"]  # nothing sent for the two others
     assert acked == [0, 1, 2]
+
+
+async def test_each_decision_carries_when_its_message_came_in_and_audits_do_not() -> None:
+    """The outbox times a decision from there to its delivery (worker/metrics.py)."""
+    gate, sent = Gate(), []
+
+    async def send(
+        topic: str, key: bytes | None, value: bytes, headers: Any = None, since: Any = None
+    ) -> None:
+        sent.append((topic, since))
+
+    p = build(gate.handler, send)
+    before = time.monotonic()
+    await p.submit(b"s1", ev("s1", 0, "ok-1"), 0, lambda: None)  # waits for the call
+    await p.submit(b"s2", b"not json", 0, lambda: None)  # blocked at once
+    came_in = time.monotonic()
+    await asyncio.sleep(0.05)
+    gate.open.set()
+    await p.drain_all()
+    timed = {topic: since for topic, since in sent if since is not None}
+    assert set(timed) == {"bot.messages.allowed", "bot.messages.blocked"}
+    assert all(before <= since <= came_in for since in timed.values())  # not when decided
+    assert [topic for topic, since in sent if since is None] == ["secure-session.audit"] * 2
