@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,8 @@ class _DecisionTime(Collector):
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         cumulative, buckets = 0, []
-        for bound, n in zip((*map(str, DECISION_BUCKETS_S), "+Inf"), self._counts, strict=True):
+        bounds = (*map(floatToGoString, DECISION_BUCKETS_S), "+Inf")
+        for bound, n in zip(bounds, self._counts, strict=True):
             cumulative += n
             buckets.append((bound, cumulative))
         yield HistogramMetricFamily(
