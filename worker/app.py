@@ -71,8 +71,7 @@ def faust_settings(settings: Settings, partitions: int) -> dict[str, Any]:
         conf["broker_rebalance_timeout"] = k.rebalance_timeout_s
     conf["producer_linger"] = k.producer_linger_ms / 1000
     conf["broker_max_poll_records"] = k.max_poll_records
-    if k.producer_max_batch_size is not None:
-        conf["producer_max_batch_size"] = k.producer_max_batch_size
+    conf["producer_max_batch_size"] = k.producer_max_batch_size
     return conf
 
 
