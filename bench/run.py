@@ -48,6 +48,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from worker.decide import SessionState
 from worker.demo.authapi import AuthorizationAPI, RunningAPI
 from worker.demo.broker import EmbeddedBroker, free_port, stop_process
+from worker.settings import Settings
 
 HERE = Path(__file__).parent
 API_KEY = "bench-api-key"
@@ -280,7 +281,9 @@ async def bare_loop(b: Bench, records: list[tuple[bytes, bytes]], tag: str) -> f
         auto_offset_reset="earliest",
         max_poll_records=5000,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=b.bootstrap, linger_ms=5)
+    # batches as large as the worker's, which reads the same variable: like with like
+    batch = Settings.from_env(os.environ).kafka.producer_max_batch_size
+    producer = AIOKafkaProducer(bootstrap_servers=b.bootstrap, linger_ms=5, max_batch_size=batch)
     await consumer.start()
     await producer.start()
     state: dict[bytes, int] = {}
