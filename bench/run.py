@@ -628,22 +628,25 @@ async def latency(
         interval=3600,
         extra={"SECURE_SESSION_WEB_ENABLED": "1", "SECURE_SESSION_WEB_PORT": str(port)},
     )
+    # one client, made before the load: making one takes 30-40 ms, which would hold up the
+    # load and the reader in this event loop
     try:
-        await b.produce(t["inbound"], workload(sessions, 1, "l"))
-        await b.drain([t["allowed"]], sessions)
-        # settle: in its first seconds after start-up the worker pauses once (~100 ms,
-        # measured): not the steady state this run measures
-        await asyncio.sleep(3)
-        started = asyncio.Event()
-        scrapes = asyncio.create_task(every_2s(port, started, seconds))
-        try:
-            run, decided = await steady_load(
-                b, t["inbound"], t["allowed"], rate, seconds, sessions, sessions, started
-            )
-            snapshots = await scrapes
-        finally:
-            scrapes.cancel()  # if the load failed before it started
-        after = await histograms(port)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            await b.produce(t["inbound"], workload(sessions, 1, "l"))
+            await b.drain([t["allowed"]], sessions)
+            # settle: in its first seconds after start-up the worker pauses once (~100 ms,
+            # measured): not the steady state this run measures
+            await asyncio.sleep(3)
+            started = asyncio.Event()
+            scrapes = asyncio.create_task(every_2s(client, started, seconds))
+            try:
+                run, decided = await steady_load(
+                    b, t["inbound"], t["allowed"], rate, seconds, sessions, sessions, started
+                )
+                snapshots = await scrapes
+            finally:
+                scrapes.cancel()  # if the load failed before it started
+            after = await histograms(client)
     finally:
         b.stop_worker(worker)
     before = snapshots[0]
@@ -660,39 +663,31 @@ async def latency(
         {
             "loop_ticks": total,
             "loop_late_10ms": total - ticks[0.01],
-            "loop_lag_max_ms": 1000 * min(bound for bound, n in ticks.items() if n == total),
+            "loop_lag_max_ms": 1000 * top_bound(ticks),
             "own_p50_ms": 1000 * quantile(own, 0.5),
             "own_p99_ms": 1000 * quantile(own, 0.99),
-            "own_max_ms": 1000 * min(bound for bound, n in own.items() if n == own[float("inf")]),
+            "own_max_ms": 1000 * top_bound(own),
             "own_p99_by_2s_ms": [round(v, 1) for v in own_by_2s],
         },
     )
 
 
 async def every_2s(
-    port: int, started: asyncio.Event, seconds: float
+    client: httpx.AsyncClient, started: asyncio.Event, seconds: float
 ) -> list[dict[str, dict[float, float]]]:
-    """The worker's histograms when the load starts and after every 2 s of it (one client,
-    made beforehand: making one takes tens of ms, which would hold up the load and reader
-    in this event loop)."""
-    async with httpx.AsyncClient() as client:
-        await started.wait()
-        begin = time.monotonic()
-        snapshots = [await histograms(port, client)]
-        for at in range(2, int(seconds) + 1, 2):
-            await asyncio.sleep(max(0.0, begin + at - time.monotonic()))
-            snapshots.append(await histograms(port, client))
+    """The worker's histograms when the load starts and after every 2 s of it."""
+    await started.wait()
+    begin = time.monotonic()
+    snapshots = [await histograms(client)]
+    for at in range(2, int(seconds) + 1, 2):
+        await asyncio.sleep(max(0.0, begin + at - time.monotonic()))
+        snapshots.append(await histograms(client))
     return snapshots
 
 
-async def histograms(
-    port: int, client: httpx.AsyncClient | None = None
-) -> dict[str, dict[float, float]]:
+async def histograms(client: httpx.AsyncClient) -> dict[str, dict[float, float]]:
     """The worker's histograms (`/metrics`): by name, cumulative counts by bucket bound."""
-    async with contextlib.AsyncExitStack() as stack:
-        if client is None:
-            client = await stack.enter_async_context(httpx.AsyncClient())
-        text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+    text = (await client.get("/metrics")).text
     found: dict[str, dict[float, float]] = {}
     for name, le, n in re.findall(r'^(\w+)_bucket\{le="([^"]+)"\} (\S+)', text, re.M):
         found.setdefault(name, {})[float(le)] = float(n)
@@ -704,6 +699,11 @@ def delta(
 ) -> dict[float, float]:
     """What histogram `name` counted between two scrapes, by bucket bound."""
     return {le: n - before.get(name, {}).get(le, 0) for le, n in after[name].items()}
+
+
+def top_bound(buckets: dict[float, float]) -> float:
+    """The lowest bucket bound that holds every count: the maximum, to a bucket."""
+    return min(bound for bound, n in buckets.items() if n == buckets[float("inf")])
 
 
 def quantile(buckets: dict[float, float], q: float) -> float:
