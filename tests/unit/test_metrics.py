@@ -1,4 +1,4 @@
-"""The event loop's lag, as the worker exports it."""
+"""The event loop's lag and the decision time, as the worker exports them."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ import time
 from worker.metrics import LOOP_TICK_S, Metrics
 
 
-def lag_sample(metrics: Metrics, suffix: str, le: str | None = None) -> float:
+def sample(metrics: Metrics, name: str, suffix: str, le: str | None = None) -> float:
     labels = {"le": le} if le is not None else {}
-    value = metrics.registry.get_sample_value(
-        f"secure_session_event_loop_lag_seconds{suffix}", labels
-    )
+    value = metrics.registry.get_sample_value(f"secure_session_{name}_seconds{suffix}", labels)
     assert value is not None
     return value
+
+
+def lag_sample(metrics: Metrics, suffix: str, le: str | None = None) -> float:
+    return sample(metrics, "event_loop_lag", suffix, le)
 
 
 async def test_a_blocked_loop_shows_as_lag() -> None:
@@ -42,16 +44,11 @@ def test_decision_times_are_counted_by_bucket_a_batch_at_a_time() -> None:
     now = time.monotonic()
     metrics.delivered([now - 0.004, now - 0.004, now - 2])
 
-    def sample(suffix: str, le: str | None = None) -> float:
-        labels = {"le": le} if le is not None else {}
-        value = metrics.registry.get_sample_value(
-            f"secure_session_decision_seconds{suffix}", labels
-        )
-        assert value is not None
-        return value
+    def decision(suffix: str, le: str | None = None) -> float:
+        return sample(metrics, "decision", suffix, le)
 
-    assert sample("_bucket", "0.003") == 0
-    assert sample("_bucket", "0.005") == 2
-    assert sample("_bucket", "1.0") == 2  # bounds written as prometheus_client writes them
-    assert sample("_bucket", "2.5") == sample("_bucket", "+Inf") == sample("_count") == 3
-    assert 2.008 <= sample("_sum") < 2.1
+    assert decision("_bucket", "0.003") == 0
+    assert decision("_bucket", "0.005") == 2
+    assert decision("_bucket", "1.0") == 2  # bounds written as prometheus_client writes them
+    assert decision("_bucket", "2.5") == decision("_bucket", "+Inf") == decision("_count") == 3
+    assert 2.008 <= decision("_sum") < 2.1
