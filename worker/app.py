@@ -142,8 +142,6 @@ def create_app(
         count = partitions[topic]
         partition = None if key is None else partition_for(key, count)
         outbox.add(topic, partition, count, key, value, headers, since)
-        if outbox.full:
-            await outbox.room()
 
     pipeline = Pipeline(
         registry=registry,
@@ -189,13 +187,19 @@ def create_app(
         if not config_ready.is_set():
             await config_ready.wait()
         await pipeline.submit(message.key, message.value, message.tp, ack(message), message)
+        # back-pressure between records, never inside a decision (see worker/pipeline.py)
+        if outbox.full:
+            await outbox.room()
 
     def ack(message: Message) -> Callable[[], bool]:
         # the consumer's ack itself: Message.ack only counts references, which the fast
         # path never takes (bench: the ack chain was 9% of the cached path)
         return lambda: app.consumer.ack(message)
 
-    faust_tuning.route(app, inbound, decide)
+    def settle(partitions: set[TP] | None, why: str) -> Any:
+        return pipeline.settle(partitions, settings.settle_grace_s, why)
+
+    faust_tuning.route(app, inbound, decide, settle)
 
     def tombstone(key: bytes) -> None:
         session = key.split(b"/", 2)[2]

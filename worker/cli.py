@@ -6,7 +6,10 @@ import asyncio
 import contextlib
 import logging
 import logging.config
+import os
+import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import BinaryIO, NoReturn, TypeVar
@@ -45,7 +48,6 @@ def main() -> None:
 @main.command()
 def worker() -> None:
     """Run one member of the worker's consumer group (configured by the environment)."""
-    import faust
 
     from worker import logs
     from worker.app import create_app
@@ -78,9 +80,10 @@ def worker() -> None:
 
         metrics, ready = app.pipeline.metrics, app.ready  # type: ignore[attr-defined]
         loop.run_until_complete(serve(metrics, ready, settings.web_port))
-    w = faust.Worker(
+    w = _worker_class()(
         app, loglevel=settings.log_level, logging_config=log_config, quiet=True, loop=loop
     )
+    w.deadline_s = settings.shutdown_deadline_s
 
     async def _quiet_root() -> None:
         # Faust leaves the root logger at DEBUG: records built and thrown away cost ~14%
@@ -88,6 +91,49 @@ def worker() -> None:
 
     app.on_startup_finished = _quiet_root
     w.execute_from_commandline()
+
+
+EXIT_DEADLINE = 3
+"""Exit code when the shutdown deadline cut the stop short (README, Reliability)."""
+
+
+def _worker_class() -> type:
+    import faust
+
+    class Worker(faust.Worker):
+        """Faust's worker with a bounded stop: SIGTERM or SIGINT starts the stop and a
+        watchdog; at `deadline_s` the process exits whatever it waits for. A second signal
+        exits at once. Records not yet decided are left unacked for the next owner."""
+
+        deadline_s: float = 8.0
+        _stop_signalled = False
+
+        def _schedule_shutdown(self, sig: signal.Signals) -> None:
+            log = logging.getLogger("worker.cli")
+            if self._stop_signalled:
+                log.warning("second %s: exiting now, without waiting for the stop", sig.name)
+                _exit_now(EXIT_DEADLINE)
+            self._stop_signalled = True
+            log.info("%s: stopping within %.1f s", sig.name, self.deadline_s)
+            timer = threading.Timer(self.deadline_s, self._deadline_passed)
+            timer.daemon = True
+            timer.start()
+            super()._schedule_shutdown(sig)
+
+        def _deadline_passed(self) -> None:
+            logging.getLogger("worker.cli").warning(
+                "shutdown deadline of %.1f s passed: exiting now; what was not committed "
+                "is read again by the next owner",
+                self.deadline_s,
+            )
+            _exit_now(EXIT_DEADLINE)
+
+    return Worker
+
+
+def _exit_now(code: int) -> NoReturn:
+    logging.shutdown()  # flush the log lines first
+    os._exit(code)
 
 
 async def _when_reachable(settings: Settings, setup: Callable[[Settings], Awaitable[T]]) -> T:

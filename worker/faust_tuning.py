@@ -43,8 +43,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import logging
+import time
 import weakref
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import aiokafka
@@ -54,10 +57,21 @@ from faust.exceptions import ConsumerNotStarted
 from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as driver
 from faust.transport.producer import ProducerBuffer
-from faust.types import Message
+from faust.types import TP, Message
 from mode.utils.futures import maybe_async
 
 Handler = Callable[[Message], Awaitable[None]]
+Settle = Callable[[set[TP] | None, str], Awaitable[Any]]
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class FastPath:
+    """The inbound topic's handler (see `route`)."""
+
+    topic: str | None = None
+    handle: Handler | None = None
+    settle: Settle | None = None
 
 
 class _ConsumerThread(driver.AIOKafkaConsumerThread):
@@ -85,10 +99,38 @@ class _Consumer(driver.Consumer):
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, thread_loop=self.loop, beacon=self.beacon)
 
-    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - via workers
+    @property
+    def _fast_path(self) -> FastPath:
+        return cast(FastPath, self.app.conf.secure_session_fast_path)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """Before Faust forgets the revoked partitions' acks: stop the intake, let what was
+        taken be decided (a grace period) or abandoned, and commit what was decided."""
+        path = self._fast_path
+        if revoked and path.settle is not None and not self.app.should_stop:
+            self.stop_flow()
+            self.app.flow_control.suspend()
+            await path.settle(revoked, "rebalance")
+            try:
+                await self.commit()
+            except Exception as exc:  # noqa: BLE001 - not committed: read again (duplicates)
+                log.warning("commit before a rebalance failed (%r): records come again", exc)
+        await super().on_partitions_revoked(revoked)
+
+    async def wait_empty(self) -> None:
+        """Faust waits here for its streams at rebalances and at stop; the fast path's
+        records are not Faust's to wait for: they are settled (decided or abandoned)."""
+        path = self._fast_path
+        if path.settle is not None:
+            await path.settle(None, "stopping" if self.app.should_stop else "rebalance")
+        await super().wait_empty()
+
+    async def _drain_messages(self, fetcher: Any) -> None:
         """Faust's drain loop (faust/transport/consumer.py), with the inbound fast path."""
         app = self.app
-        fast_topic, handle = app.conf.secure_session_fast_path
+        fast_topic, handle = self._fast_path.topic, self._fast_path.handle
+        if handle is None:  # nothing routed: Faust's own loop
+            return await super()._drain_messages(fetcher)
         callback = self.callback
         getmany = self.getmany
         consumer_should_stop = self._stopped.is_set
@@ -98,7 +140,8 @@ class _Consumer(driver.Consumer):
         commit_every = self._commit_every
         acks_enabled_for = app.topics.acks_enabled_for
         flow_active = app.flow_control.is_active
-        track = self._unacked_messages.add
+        # Faust's livelock check reads when a stream last took a record of each partition
+        inbound_time = app.monitor.stream_inbound_time
         since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
@@ -106,6 +149,7 @@ class _Consumer(driver.Consumer):
                 await asyncio.sleep(0)
                 if self.should_stop:
                     continue
+                now = time.monotonic()
                 async for tp, message in ait:
                     since_yield += 1
                     if since_yield > 100:
@@ -124,10 +168,14 @@ class _Consumer(driver.Consumer):
                     if message.topic == fast_topic:
                         if not flow_active() or message.generation_id != app.consumer_generation_id:
                             continue  # re-read after the rebalance's seek
-                        message.tracked = True
-                        track(message)
+                        # read once handed over, not after: a rebalance during the hand-over
+                        # seeks back, and writing the offset after it would skip the records
+                        # between the committed offset and this one (issue 16: lost records)
+                        set_read_offset(tp, offset)
+                        inbound_time[tp] = now
                         await handle(message)
-                    elif flow_active():
+                        continue
+                    if flow_active():
                         await callback(message)
                     else:
                         await self.wait_first(callback(message), self.suspend_flow.wait())
@@ -202,13 +250,15 @@ class Transport(driver.Transport):
 def install(app: faust.App, *, fetch_max_wait_ms: int) -> None:
     """Use the tuned transport for `app` (right after creating it, before anything else)."""
     app.conf.secure_session_fetch_max_wait_ms = fetch_max_wait_ms
-    app.conf.secure_session_fast_path = (None, None)
+    app.conf.secure_session_fast_path = FastPath()
     app.transport = Transport(app.conf.broker_consumer, app)
 
 
-def route(app: faust.App, topic: faust.TopicT, handler: Handler) -> None:
-    """`handler` receives every message of `topic`, in the consumer's drain loop."""
-    app.conf.secure_session_fast_path = (topic.get_topic_name(), handler)
+def route(app: faust.App, topic: faust.TopicT, handler: Handler, settle: Settle) -> None:
+    """`handler` receives every message of `topic`, in the consumer's drain loop; before a
+    rebalance (the revoked partitions) and at stop (None) `settle` finishes or abandons
+    what was handed over, and acks it; Faust's streams are not involved."""
+    app.conf.secure_session_fast_path = FastPath(topic.get_topic_name(), handler, settle)
     app.topics.add(topic)  # subscribed and acked like a stream's topic
 
 

@@ -11,6 +11,13 @@ Offsets are acked per partition in offset order: a record is acked only when it 
 every record before it on its partition have been decided and sent, so a commit never
 skips an undecided record (Faust's own commit is not gap-safe).
 
+When partitions are revoked (a rebalance) or the worker stops, `settle` gives the records
+of those partitions a grace period to be decided, then *abandons* the rest: their
+validations are cancelled, and they are never decided, sent or acked by this worker, so
+the next owner reads them again. Deciding a record never waits between its first output
+and its ack (the send only queues), so a record is either decided, sent and acked, or
+none of the three; the only await inside a decision is the validation call itself.
+
 Table writes go to the changelog partition of Faust's *current event*: each record keeps
 its origin (the Kafka message) and writes run through `run_as(origin, …)`, which makes
 that message the current event (worker/faust_tuning.py).
@@ -19,10 +26,19 @@ that message the current event (worker/faust_tuning.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable, Mapping, MutableMapping, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Container,
+    Hashable,
+    Mapping,
+    MutableMapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -51,8 +67,10 @@ log = logging.getLogger(__name__)
 
 
 class Send(Protocol):
-    """Queue one record for production, in call order (returns once it is queued);
-    `since`: for a decision, when its message came in (`time.monotonic()`), to be timed."""
+    """Queue one record for production, in call order, without waiting (a decision must
+    not pause between its outputs and its ack; back-pressure is the caller's, between
+    records); `since`: for a decision, when its message came in (`time.monotonic()`), to be
+    timed."""
 
     def __call__(
         self,
@@ -82,6 +100,8 @@ class _Record:
     origin: Any = None
     """The Kafka message, for table writes on its behalf (see `RunAs`)."""
     done: bool = False
+    abandoned: bool = False
+    """Given up (rebalance or stop): never decided, sent or acked here."""
 
 
 class Pipeline:
@@ -122,6 +142,9 @@ class Pipeline:
         self._room = asyncio.Event()
         self._room.set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._decided = asyncio.Event()  # set whenever a record is (for `settle`)
+        self._calls: dict[bytes, tuple[_Record, asyncio.Task[None]]] = {}
+        """The validation that owns each lane, and the record that started it."""
         self.metrics = metrics
         metrics.held.set_function(lambda: self._held)  # read when scraped
 
@@ -162,6 +185,8 @@ class Pipeline:
 
     async def _process(self, record: _Record, waited_for: Validation | None) -> bool:
         """Decide `record`, or start its validation (True); never raises."""
+        if record.abandoned:
+            return False
         try:
             return await self._decide(record, waited_for)
         except Exception:  # noqa: BLE001 - one bad record must never stop the worker
@@ -215,6 +240,7 @@ class Pipeline:
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        self._calls[event.state_key] = (record, task)
         return True
 
     async def _call(self, record: _Record, bot: Bot, check: Check, remote: RemoteValidator) -> None:
@@ -222,7 +248,10 @@ class Pipeline:
         assert record.event is not None
         result: Validation | None = None  # none: the waiters validate on their own
         try:
-            result, report = await remote.validate(check)
+            try:
+                result, report = await remote.validate(check)
+            except asyncio.CancelledError:
+                return  # abandoned (see `abandon`): the next owner validates it again
             await self._conclude(record, bot, check, result, report)
         except Exception:  # noqa: BLE001 - the lane must be drained whatever happens
             log.exception("internal error validating a message", extra=_where(record))
@@ -272,6 +301,7 @@ class Pipeline:
         await self._apply(record, bot, decision, check.redact)
 
     async def _drain(self, key: bytes, result: Validation | None) -> None:
+        del self._calls[key]
         lane = self._lanes[key]
         while lane:
             record = lane.popleft()
@@ -351,16 +381,76 @@ class Pipeline:
         )
         self._done(record)
 
-    @staticmethod
-    def _done(record: _Record) -> None:
+    def _done(self, record: _Record) -> None:
         """Mark decided; ack the partition's head run of decided records, in offset order."""
         record.done = True
+        self._decided.set()
+        if record.abandoned:  # its partition's acks belong to another generation now
+            return
         order = record.order
         while order and order[0].done:
             order.popleft().ack()
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
+
+    def undecided(self, partitions: Container[Hashable] | None = None) -> int:
+        """Records of `partitions` (all when None) taken and not yet decided."""
+        return sum(
+            1
+            for partition, order in self._order.items()
+            if partitions is None or partition in partitions
+            for record in order
+            if not record.done
+        )
+
+    async def settle(self, partitions: Container[Hashable] | None, grace_s: float, why: str) -> int:
+        """Let the records of `partitions` (all when None) be decided for up to `grace_s`,
+        then abandon the rest; returns how many were abandoned."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_s):
+                while self.undecided(partitions):
+                    self._decided.clear()
+                    await self._decided.wait()
+        return self.abandon(partitions, why)
+
+    def abandon(self, partitions: Container[Hashable] | None, why: str) -> int:
+        """Give up every undecided record of `partitions` (all when None): never decided,
+        sent or acked here (the next owner reads them again); their calls are cancelled.
+        Decided records behind them are not acked either: they will come again too."""
+        left: dict[Hashable, list[int]] = {}
+        for partition in [p for p in self._order if partitions is None or p in partitions]:
+            for record in self._order.pop(partition):
+                if not record.done:
+                    offset = getattr(record.origin, "offset", None)
+                    left.setdefault(partition, []).append(-1 if offset is None else offset)
+                record.abandoned = True
+        calls = 0
+        for key, lane in self._lanes.items():
+            kept = [r for r in lane if not r.abandoned]
+            self._held -= len(lane) - len(kept)
+            lane.clear()
+            lane.extend(kept)
+            lead, task = self._calls.get(key, (None, None))
+            if lead is not None and lead.abandoned and task is not None and not task.done():
+                task.cancel()
+                calls += 1
+        if self._held < self._max_held:
+            self._room.set()
+        if left:
+            where = ", ".join(
+                f"{getattr(p, 'topic', p)}[{getattr(p, 'partition', '')}] from offset {min(o)}"
+                for p, o in left.items()
+            )
+            log.warning(
+                "%s: left %d undecided records unacked for the next owner (%s); "
+                "%d validations abandoned",
+                why,
+                sum(len(o) for o in left.values()),
+                where,
+                calls,
+            )
+        return sum(len(o) for o in left.values())
 
     async def drain_all(self) -> None:
         """Wait for every validation in flight (and what waits behind it) to finish."""

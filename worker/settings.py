@@ -141,6 +141,10 @@ class Settings:
     expiry_multiple: float = 2.0
     expiry_min_s: float = 60.0
     sweep_every_s: float = 60.0
+    shutdown_deadline_s: float = 8.0
+    """SIGTERM to exit, whatever is in flight: validations still running after half of it
+    are abandoned (their records left for the next owner), and at the deadline the process
+    exits. Kept under the group's rebalance timeout (Faust's default: 60 s)."""
     kafka: KafkaTuning = field(default_factory=KafkaTuning)
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
     create_topics: bool = True
@@ -210,6 +214,9 @@ class Settings:
             ),
             expiry_min_s=r.get("SECURE_SESSION_EXPIRY_MIN_S", _non_negative(float), d.expiry_min_s),
             sweep_every_s=r.get("SECURE_SESSION_SWEEP_EVERY_S", _positive(float), d.sweep_every_s),
+            shutdown_deadline_s=r.get(
+                "SECURE_SESSION_SHUTDOWN_DEADLINE_S", _positive(float), d.shutdown_deadline_s
+            ),
             kafka=KafkaTuning(
                 session_timeout_s=r.get("KAFKA_SESSION_TIMEOUT_S", _positive(float), None),
                 heartbeat_interval_s=r.get("KAFKA_HEARTBEAT_INTERVAL_S", _positive(float), None),
@@ -224,6 +231,15 @@ class Settings:
             security=_security(r),
             environ=env,
         )
+
+    @property
+    def settle_grace_s(self) -> float:
+        """How long records taken may still be decided once their partitions are revoked or
+        the worker stops: half the shutdown deadline, and at a rebalance at most half the
+        group's rebalance timeout (the group waits for this member meanwhile)."""
+        grace = self.shutdown_deadline_s / 2
+        rebalance = self.kafka.rebalance_timeout_s
+        return grace if rebalance is None else min(grace, rebalance / 2)
 
 
 class _Reader:

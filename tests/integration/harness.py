@@ -219,7 +219,10 @@ class Harness:
             env["SECURE_SESSION_CONFIG"] = str(config)
         return env | self.extra_env
 
-    def start_worker(self, config: Path | None, timeout: float = 60) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, config: Path | None, timeout: float = 60, *, wait: bool = True
+    ) -> subprocess.Popen[bytes]:
+        """A worker process; with `wait`, once it has read its configuration."""
         log = self.tmp / f"worker-{len(self.logs)}.log"
         self.logs.append(log)
         with log.open("wb") as f:
@@ -230,6 +233,8 @@ class Harness:
                 stderr=subprocess.STDOUT,
             )
         self.workers.append(proc)
+        if not wait:
+            return proc
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
