@@ -172,3 +172,36 @@ async def test_each_decision_carries_when_its_message_came_in_and_audits_do_not(
     assert set(timed) == {"bot.messages.allowed", "bot.messages.blocked"}
     assert all(before <= since <= came_in for since in timed.values())  # not when decided
     assert [topic for topic, since in sent if since is None] == ["secure-session.audit"] * 2
+
+
+async def test_a_revoke_abandons_what_waits_unacked_and_unsent_and_keeps_other_partitions() -> None:
+    """Issue 16: records of a revoked partition still waiting for a call when the grace
+    ends are neither decided, sent nor acked (the next owner reads them again); decided
+    ones behind them are not acked either; another partition's records are untouched."""
+    gate = Gate()
+    p, sent, acked = make(gate)
+    await p.submit(b"s1", ev("s1", 0, "ok-1"), "p0", lambda: acked.append(0))  # a call
+    await p.submit(b"s1", ev("s1", 1, "ok-1"), "p0", lambda: acked.append(1))  # waits
+    await p.submit(b"s3", ev("s3", 0, "ok-3"), "p1", lambda: acked.append(10))  # a call
+    await asyncio.sleep(0.01)
+    assert p.undecided({"p0"}) == 2 and p.held == 1
+    abandoned = await p.settle({"p0"}, 0.05, "rebalance")
+    assert abandoned == 2 and p.held == 0 and p.undecided() == 1
+    gate.open.set()
+    await p.drain_all()
+    assert acked == [10]  # only the partition kept
+    assert [v for t, v in sent if t == "bot.messages.allowed"] == ["s3-0"]
+    # the session of the abandoned lane is free: a new owner's record validates anew
+    await p.submit(b"s1", ev("s1", 0, "ok-1"), "p0", lambda: acked.append(0))
+    await p.drain_all()
+    assert acked == [10, 0]
+
+
+async def test_settle_waits_for_what_finishes_within_the_grace() -> None:
+    gate = Gate()
+    p, sent, acked = make(gate)
+    await p.submit(b"s1", ev("s1", 0, "ok-1"), "p0", lambda: acked.append(0))
+    await p.submit(b"s1", ev("s1", 1, "ok-1"), "p0", lambda: acked.append(1))
+    asyncio.get_running_loop().call_later(0.05, gate.open.set)
+    assert await p.settle(None, 5, "stopping") == 0  # returns once decided, not at 5 s
+    assert acked == [0, 1] and len(sent) == 3  # validation audit + two allowed
