@@ -60,6 +60,60 @@ from faust.transport.producer import ProducerBuffer
 from faust.types import TP, Message
 from mode.utils.futures import maybe_async
 
+RELIED_ON: dict[str, str] = {
+    # what this module copies, overrides or relies on, with a fingerprint of its source
+    # (the first 16 hex digits of its SHA-256): tests/unit/test_faust_tuning.py fails,
+    # naming it, when an upgrade changes one; read the new code, then update the digest
+    "faust.transport.consumer:Consumer._drain_messages": "44a2500309e83c63",
+    "faust.transport.consumer:Consumer.on_partitions_revoked": "d04b7ae72c6fc206",
+    "faust.transport.consumer:Consumer.wait_empty": "e4662fe24f094819",
+    "faust.transport.consumer:Consumer.getmany": "4b168d84882a70d6",
+    "faust.transport.consumer:Consumer.ack": "5fcf41cf45153475",
+    "faust.transport.consumer:Consumer._new_offset": "1d2c7ea89a7ad4f1",
+    "faust.transport.consumer:Consumer._add_gap": "4df2573ded7c1c2c",
+    "faust.transport.consumer:Consumer.perform_seek": "0e8c130ff4b0afd8",
+    "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._create_worker_consumer": (
+        "c2701bfc3e6f6cad"
+    ),
+    "faust.transport.drivers.aiokafka:Consumer._to_message": "7c24f6511b2fcef7",
+    "faust.transport.drivers.aiokafka:ConsumerRebalanceListener.on_partitions_assigned": (
+        "1c1f8406ad3698a6"
+    ),
+    "faust.transport.drivers.aiokafka:Producer.flush": "36d0cb3615f65b01",
+    "faust.transport.producer:ProducerBuffer.flush": "26fbebb124ad9c98",
+    "faust.transport.producer:ProducerBuffer._send_pending": "4a9d5f932b56bc68",
+    "faust.transport.producer:ProducerBuffer.on_stop": "caffce6cde883392",
+    "faust.app.base:App._on_partitions_revoked": "d5c895bbe57dc73a",
+    "faust.app.base:App._stop_consumer": "55854a5de12c3f52",
+    "mode.threads:ServiceThread.start": "f11841038a033a05",
+    "mode.worker:Worker._schedule_shutdown": "1a6a5dfc88c2298b",
+    "aiokafka.consumer.consumer:AIOKafkaConsumer.start": "2f1ba70443327538",
+}
+PRIVATE_NAMES = (
+    # every private name this module (and worker/app.py through it) reads or writes
+    "consumer._read_offset",
+    "consumer._committed_offset",
+    "consumer._commit_every",
+    "consumer._n_acked",
+    "consumer._add_gap",
+    "consumer._gap",
+    "consumer._stopped",
+    "consumer._thread",
+    "consumer._drain_messages",
+    "consumer._new_consumer_thread",
+    "thread._thread_started",
+    "thread._serve",
+    "thread._create_worker_consumer",
+    "thread._ensure_consumer",
+    "producer._producer",
+    "producer.buffer",
+    "app.monitor.stream_inbound_time",
+    "app.topics._acking_topics",
+)
+"""Checked on a real app by tests/unit/test_faust_tuning.py; aiokafka's own
+(`AIOKafkaConsumer._fetch_max_wait_ms`, `_client._conns`) and faust.streams._current_event
+are checked there too."""
+
 Handler = Callable[[Message], Awaitable[None]]
 Settle = Callable[[set[TP] | None, str], Awaitable[Any]]
 log = logging.getLogger(__name__)
