@@ -143,6 +143,19 @@ def create_app(
         partition = None if key is None else partition_for(key, count)
         outbox.add(topic, partition, count, key, value, headers, since)
 
+    def forget(key: bytes, partition: int | None) -> None:
+        """Delete a session's state here, and on its changelog partition if this worker
+        owns it (the owner of another partition may hold a newer state there)."""
+        sessions.data.pop(key, None)
+        if partition is None:  # a state of version 1: where it was loaded from, else its
+            # session id's partition (where a bot keying by session id sends its records)
+            partition_of = getattr(sessions.data, "partition_of", lambda _key: None)
+            partition = partition_of(key)
+            if partition is None:
+                partition = partition_for(key.split(b"/", 2)[2], inbound_partitions)
+        if TP(t.inbound, partition) in app.consumer.assignment():
+            sessions.send_changelog(partition, key, None, value_serializer="raw")
+
     pipeline = Pipeline(
         registry=registry,
         baas=BaasValidator(calls, vault),
@@ -155,6 +168,7 @@ def create_app(
         max_held=settings.max_held_messages,
         metrics=metrics,
         run_as=lambda origin, fn, *args: faust_tuning.run_as_current(app, origin, fn, *args),
+        forget=forget,
     )
     pipeline.metrics.watch(
         circuits=breaker.open_states, lag=lambda: faust_tuning.lag(app, t.inbound)
@@ -201,12 +215,6 @@ def create_app(
 
     faust_tuning.route(app, inbound, decide, settle)
 
-    def tombstone(key: bytes) -> None:
-        session = key.split(b"/", 2)[2]
-        partition = partition_for(session, inbound_partitions)
-        if TP(t.inbound, partition) in app.consumer.assignment():
-            sessions.send_changelog(partition, key, None, value_serializer="raw")
-
     @app.timer(settings.sweep_every_s)  # type: ignore[untyped-decorator]
     async def expire_idle_sessions() -> None:
         expired = await sweep(
@@ -215,7 +223,7 @@ def create_app(
             int(time.time() * 1000),
             multiple=settings.expiry_multiple,
             minimum_s=settings.expiry_min_s,
-            tombstone=tombstone,
+            tombstone=forget,
         )
         if expired:
             log.info("expired %d idle sessions", expired)

@@ -6,6 +6,7 @@ or a sleep (tests/unit/test_decide.py, with Hypothesis properties).
 
 from __future__ import annotations
 
+import collections
 import functools
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -26,6 +27,16 @@ Outcome = Literal[
 ]
 
 
+STATE_VERSION: Final = 2
+"""The stored state's layout. 1 (before 0.6): `[validated_at, allowed, fingerprint,
+identity, expires_at]`; 2: `[2, validated_at, allowed, fingerprint, identity, expires_at,
+partition]`. A worker reads every older version; a newer or unknown one is no state."""
+
+UNREADABLE: collections.Counter[str] = collections.Counter()
+"""Stored states read as no state, by why (`unknown_version`, `malformed`): each distinct
+stored value is counted once (decoding is cached). Exported by worker/metrics.py."""
+
+
 @dataclass(frozen=True, slots=True)
 class SessionState:
     """What the worker keeps per session (in the changelog-backed table)."""
@@ -39,15 +50,20 @@ class SessionState:
     identity: str | None = None
     expires_at_ms: int | None = None
     """A token's `exp`: never trusted past it, whatever the interval."""
+    partition: int | None = None
+    """The table partition it is stored in (its inbound record's): the one source of where
+    a session's state lives, for its tombstones (expiry, session_end). None: version 1."""
 
     def encode(self) -> bytes:
         return orjson.dumps(
             [
+                STATE_VERSION,
                 self.validated_at_ms,
                 self.allowed,
                 self.fingerprint,
                 self.identity,
                 self.expires_at_ms,
+                self.partition,
             ]
         )
 
@@ -60,10 +76,29 @@ class SessionState:
 @functools.lru_cache(maxsize=2**16)  # a session's messages read the same value again and again
 def _decode(raw: bytes) -> SessionState | None:
     try:
-        at, allowed, fp, identity, exp = orjson.loads(raw)
-        return SessionState(int(at), bool(allowed), str(fp), identity, exp)
-    except (orjson.JSONDecodeError, TypeError, ValueError):
-        return None
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        doc = None
+    if isinstance(doc, list) and doc and type(doc[0]) is int:
+        version = 1 if len(doc) == 5 and doc[0] > 1_000 else doc[0]  # 1 starts with a time
+        fields = doc if version == 1 else doc[1:]
+        if version in (1, 2) and len(fields) == (5 if version == 1 else 6):
+            at, allowed, fp, identity, exp, *rest = fields
+            partition = rest[0] if rest else None
+            if (
+                type(at) is int
+                and type(allowed) is bool
+                and type(fp) is str
+                and (identity is None or type(identity) is str)
+                and (exp is None or type(exp) is int)
+                and (partition is None or type(partition) is int)
+            ):
+                return SessionState(at, allowed, fp, identity, exp, partition)
+        elif 2 < version <= 1_000:
+            UNREADABLE["unknown_version"] += 1  # written by a newer worker: validate again
+            return None
+    UNREADABLE["malformed"] += 1
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +192,9 @@ def _cached(validated_at_ms: int, identity: str | None) -> Decision:
     return Decision(True, "cached", "", validated_at_ms, identity)
 
 
-def state_after(result: Validation) -> SessionState | None:
-    """The session state a validation leaves, or None to leave the state as it was.
+def state_after(result: Validation, partition: int | None = None) -> SessionState | None:
+    """The session state a validation leaves (stored in `partition`), or None to leave the
+    state as it was.
 
     An unreachable API or a misconfiguration says nothing about the session.
     """
@@ -170,4 +206,5 @@ def state_after(result: Validation) -> SessionState | None:
         result.fingerprint,
         result.identity,
         result.expires_at_ms,
+        partition,
     )

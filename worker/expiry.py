@@ -7,8 +7,8 @@ deleted: locally, and with a tombstone on its changelog partition so that a rest
 does not bring it back. The sweep runs every `SECURE_SESSION_SWEEP_EVERY_S` seconds in
 slices, so the event loop keeps serving messages while a million keys are looked at.
 
-The changelog partition of a state is that of its session's messages: the partition of
-the session id under Kafka's default partitioner (bots key inbound records by session id).
+A state records the table partition it is stored in (worker/decide.py, `SessionState`);
+its tombstone goes there (`tombstone(key, partition)`; None: a state that does not say).
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ async def sweep(
     *,
     multiple: float,
     minimum_s: float,
-    tombstone: Callable[[bytes], None],
+    tombstone: Callable[[bytes, int | None], None],
 ) -> int:
-    """Delete idle states from `store`, sending `tombstone(key)` for each; return how many."""
+    """Delete idle states from `store`, sending `tombstone(key, partition)` for each; return
+    how many."""
     keys: Iterable[bytes] = list(store.keys())
     expired = 0
     for n, key in enumerate(keys, 1):
@@ -50,7 +51,7 @@ async def sweep(
             registry, key, multiple, minimum_s
         ):
             store.pop(key, None)
-            tombstone(key)
+            tombstone(key, None if state is None else state.partition)
             expired += 1
         if n % SLICE == 0:
             await asyncio.sleep(0)

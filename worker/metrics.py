@@ -21,6 +21,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from worker.decide import UNREADABLE
+
 log = logging.getLogger(__name__)
 
 LOOP_TICK_S = 0.05
@@ -42,6 +44,7 @@ class Metrics:
         self.registry.register(_Decisions(self._decisions))
         self._decision_time = _DecisionTime()
         self.registry.register(self._decision_time)
+        self.registry.register(_Unreadable())
         self._validations = Counter(
             "secure_session_validations",
             "Validations made, by type, connector and outcome",
@@ -132,6 +135,19 @@ class _Decisions(Collector):
             hits.add_metric([bot], n)
         yield family
         yield hits
+
+
+class _Unreadable(Collector):
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "secure_session_state_unreadable",
+            "Stored session states read as no state (the session is validated again), by "
+            "why: unknown_version (written by a newer worker) or malformed",
+            labels=["why"],
+        )
+        for why in ("unknown_version", "malformed"):
+            family.add_metric([why], UNREADABLE[why])
+        yield family
 
 
 class _DecisionTime(Collector):

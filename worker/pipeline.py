@@ -18,9 +18,10 @@ the next owner reads them again. Deciding a record never waits between its first
 and its ack (the send only queues), so a record is either decided, sent and acked, or
 none of the three; the only await inside a decision is the validation call itself.
 
-Table writes go to the changelog partition of Faust's *current event*: each record keeps
-its origin (the Kafka message) and writes run through `run_as(origin, …)`, which makes
-that message the current event (worker/faust_tuning.py).
+A session's state is stored in the table partition of the inbound record whose
+validation wrote it (each record keeps its origin, the Kafka message, and writes run
+through `run_as(origin, …)`, which makes it Faust's current event: worker/faust_tuning.py).
+The state records that partition; forgetting a session (`session_end`) deletes it there.
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ class Send(Protocol):
     ) -> Awaitable[None]: ...
 
 
+Forget = Callable[[bytes, int | None], None]
+"""Delete a session's state, and write its tombstone to the given table partition."""
+
+
 class RunAs(Protocol):
     """Run a table operation on behalf of a record's origin (its Kafka message)."""
 
@@ -121,6 +126,7 @@ class Pipeline:
         metrics: Metrics,
         max_record_bytes: int = 1_000_000,
         run_as: RunAs = lambda _origin, fn, *args: fn(*args),
+        forget: Forget | None = None,
         clock: Callable[[], float] = time.time,
         reads: Mapping[bytes, bytes] | None = None,
     ) -> None:
@@ -135,6 +141,7 @@ class Pipeline:
         self._max_held = max_held
         self._max_record_bytes = max_record_bytes
         self._run_as = run_as
+        self._forget: Forget = forget if forget is not None else self._pop_state
         self._clock = clock
         self._lanes: dict[bytes, deque[_Record]] = {}
         self._order: dict[Hashable, deque[_Record]] = {}
@@ -147,6 +154,9 @@ class Pipeline:
         """The validation that owns each lane, and the record that started it."""
         self.metrics = metrics
         metrics.held.set_function(lambda: self._held)  # read when scraped
+
+    def _pop_state(self, key: bytes, _partition: int | None) -> None:
+        self._table.pop(key, None)
 
     @property
     def held(self) -> int:
@@ -271,7 +281,7 @@ class Pipeline:
             result.outcome,
             report.latency_ms / 1000,
         )
-        new_state = state_after(result)
+        new_state = state_after(result, getattr(record.origin, "partition", None))
         key = record.event.state_key
         if new_state is not None and new_state.identity is not None:
             old = SessionState.decode(self._reads.get(key))
@@ -318,7 +328,12 @@ class Pipeline:
     async def _end_session(self, record: _Record) -> None:
         event = record.event
         assert event is not None
-        self._run_as(record.origin, self._table.pop, event.state_key, None)
+        state = SessionState.decode(self._reads.get(event.state_key))
+        if state is not None and state.partition is not None:
+            partition: int | None = state.partition  # where it is stored, whatever this one's
+        else:
+            partition = getattr(record.origin, "partition", None)
+        self._forget(event.state_key, partition)
         now_ms = self._now_ms()
         self.metrics.decided("session_ended", event.bot)
         await self._send(

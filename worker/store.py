@@ -40,6 +40,10 @@ class Store(memory.Store):  # type: ignore[type-arg]
         super().__post_init__()
         self._loaded: dict[TP, int] = {}
 
+    def partition_of(self, key: bytes) -> int | None:
+        """The partition `key` was loaded from (None: written here since, or not held)."""
+        return self._key_partition.get(key)
+
     def persisted_offset(self, tp: TP) -> int | None:
         """How far this rebalance's load read `tp` (None: Faust keeps its own offset)."""
         return self._loaded.get(tp)

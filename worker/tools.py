@@ -148,7 +148,12 @@ class Held:
 
 
 async def session_state(settings: Settings, org: str, bot: str, session: str) -> Held:
-    """The latest changelog record of ORG/BOT/SESSION (state None: none, or expired)."""
+    """The latest changelog record of ORG/BOT/SESSION (state None: none, or expired).
+
+    A state is stored in the partition of the inbound record that wrote it: the session
+    id's partition when the bot keys its records by session id (read first), another when
+    it does not or uses another partitioner (then every other partition is read).
+    """
     topic = changelog_topic(settings)
     key = f"{org}/{bot}/{session}".encode()
     consumer = _consumer(settings)
@@ -159,20 +164,41 @@ async def session_state(settings: Settings, org: str, bot: str, session: str) ->
         if not partitions:
             raise LookupError(f"no changelog topic {topic!r}: has a worker with app id "
                               f"{settings.app_id!r} run on this cluster?")  # fmt: skip
-        # the table's partition is the inbound record's: bots key records by session id
-        tp = TopicPartition(topic, partition_for(session.encode(), len(partitions)))
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        latest: tuple[int, bytes | None] | None = None
-        while True:
-            batch = await consumer.getmany(tp, timeout_ms=500)
-            for m in batch.get(tp, ()):
-                if m.key == key:
-                    latest = (m.offset, m.value)
-            if not batch and await consumer.position(tp) >= end:
-                break
+        home = partition_for(session.encode(), len(partitions))
+        found = await _latest(consumer, key, [TopicPartition(topic, home)])
+        if not found:
+            others = [TopicPartition(topic, p) for p in sorted(partitions) if p != home]
+            found = await _latest(consumer, key, others)
     finally:
         await consumer.stop()
-    offset, value = latest if latest is not None else (None, None)
-    return Held(key.decode(), topic, tp.partition, offset, SessionState.decode(value))
+    held = [
+        Held(key.decode(), topic, tp.partition, offset, SessionState.decode(value))
+        for tp, (offset, value) in sorted(found.items())
+    ]
+    live = [h for h in held if h.state is not None]
+    if live:  # several only when a session's records went to several partitions
+        return max(live, key=lambda h: h.state.validated_at_ms if h.state else 0)
+    return held[0] if held else Held(key.decode(), topic, home, None, None)
+
+
+async def _latest(
+    consumer: AIOKafkaConsumer, key: bytes, tps: list[TopicPartition]
+) -> dict[TopicPartition, tuple[int, bytes | None]]:
+    """The last record of `key` in each of `tps` that has one (value None: a tombstone)."""
+    if not tps:
+        return {}
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    end = await consumer.end_offsets(tps)
+    latest: dict[TopicPartition, tuple[int, bytes | None]] = {}
+    pending = {tp for tp in tps if end[tp] > 0}
+    while pending:
+        batch = await consumer.getmany(*pending, timeout_ms=500)
+        for tp, records in batch.items():
+            for m in records:
+                if m.key == key:
+                    latest[tp] = (m.offset, m.value)
+        for tp in list(pending):
+            if await consumer.position(tp) >= end[tp]:
+                pending.discard(tp)
+    return latest

@@ -9,13 +9,15 @@ import uuid
 from typing import Any
 
 import httpx
+import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.integration.conftest import bot, connector
 from tests.integration.harness import Harness, event, reason
 from worker.demo.authapi import AuthorizationAPI, RunningAPI
 from worker.demo.broker import free_port
+from worker.kafka import partition_for
 
 pytestmark = pytest.mark.integration
 
@@ -250,3 +252,57 @@ def test_metrics_and_health_endpoints(harness: Harness) -> None:
         )
         time.sleep(0.05)
         text = httpx.get(f"{base}/metrics").text
+
+
+def test_a_state_off_its_session_partition_is_found_expired_and_gone_after_a_restart(
+    harness: Harness,
+) -> None:
+    """Issue 16: a keyless record (or another partitioner) puts a session's state on another
+    partition than its session id's; its tombstone and `sessions show` must go there too, or
+    an expired session comes back at the next restart."""
+    h = harness
+    h.extra_env |= {"SECURE_SESSION_SWEEP_EVERY_S": "0.5", "SECURE_SESSION_EXPIRY_MIN_S": "0"}
+    config = h.write_config([bot("short", interval=3)], [connector("main", h.server.url)])
+    worker = h.start_worker(config)
+    session = "s-away"
+    home = partition_for(session.encode(), 4)
+    away = (home + 1) % 4
+    h.api.tokens["tok-away"] = "al"
+
+    async def send_to(partition: int, message_id: str) -> None:
+        value = orjson.dumps(event(session, message_id, "tok-away", bot="short"))
+        await h.producer.send_and_wait(h.topics["inbound"], value, key=None, partition=partition)
+
+    h.run(send_to(away, "m0"))
+    assert [reason(o) for o in h.wait_decisions(session, 1)] == ["validated"]
+    shown = json.loads(h.cli("sessions", "show", "acme", "short", session, "--json").stdout)
+    assert shown["changelog"]["partition"] == away and shown["state"]["allowed"] is True
+
+    key = f"acme/short/{session}".encode()
+
+    async def last_on(partition: int) -> tuple[bool, bytes | None]:
+        tp = TopicPartition(f"{h.app_id}-sessions-changelog", partition)
+        consumer = AIOKafkaConsumer(bootstrap_servers=h.broker.bootstrap, group_id=None)
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            found: tuple[bool, bytes | None] = (False, None)
+            batch = await consumer.getmany(tp, timeout_ms=1000)
+            for m in batch.get(tp, ()):
+                if m.key == key:
+                    found = (True, m.value)
+            return found
+        finally:
+            await consumer.stop()
+
+    deadline = time.monotonic() + 15
+    while h.run(last_on(away)) != (True, None) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert h.run(last_on(away)) == (True, None)  # expired where it lives
+    assert h.run(last_on(home)) == (False, None)  # and nothing written where it does not
+    h.stop_worker(worker)
+    h.start_worker(config)
+    h.run(send_to(away, "m1"))
+    assert [reason(o) for o in h.wait_decisions(session, 2)] == ["validated", "validated"]
+    assert h.api.calls["tok-away"] == 2  # the expired state did not come back

@@ -105,7 +105,7 @@ def one_round(h: Harness, n: int) -> dict[str, Any]:
         time.sleep(0.5)
     lost = expected - set(allowed) - set(blocked)
     order = [s for s, ids in first_per_session(h, start).items() if ids != sorted(ids, key=_num)]
-    uncommitted = wait_committed(h, ends)
+    uncommitted, behind = wait_committed(h, ends)
     return {
         "round": n,
         "lost": len(lost),
@@ -115,6 +115,7 @@ def one_round(h: Harness, n: int) -> dict[str, Any]:
         "sessions_out_of_order": len(order),
         "stop_seconds": round(stop_seconds, 1),
         "uncommitted": uncommitted,
+        "behind": behind,  # partition: (committed, end), where they differ
         "api_calls": sum(h.api.calls.values()) - calls_before,
     }
 
@@ -190,28 +191,32 @@ def first_per_session(h: Harness, start: int) -> dict[str, list[str]]:
     return firsts
 
 
-def wait_committed(h: Harness, ends: dict[int, int], timeout: float = 30) -> int:
-    """Records between the group's committed offsets and the partition ends, once settled."""
+def wait_committed(
+    h: Harness, ends: dict[int, int], timeout: float = 30
+) -> tuple[int, dict[int, tuple[int, int]]]:
+    """Records between the group's committed offsets and the partition ends, once settled,
+    and the partitions short of their end."""
 
-    async def behind() -> int:
+    async def behind() -> dict[int, tuple[int, int]]:
         # a group member that never joins: it only reads the group's committed offsets
         reader = AIOKafkaConsumer(
             bootstrap_servers=h.broker.bootstrap, group_id=h.app_id, enable_auto_commit=False
         )
         await reader.start()
         try:
-            left = 0
+            short = {}
             for p, end in ends.items():
                 committed = await reader.committed(TopicPartition(h.topics["inbound"], p))
-                left += max(0, end - (committed or 0))
-            return left
+                if (committed or 0) < end:
+                    short[p] = (committed or 0, end)
+            return short
         finally:
             await reader.stop()
 
     deadline = time.monotonic() + timeout
-    while (left := h.run(behind())) and time.monotonic() < deadline:
+    while (short := h.run(behind())) and time.monotonic() < deadline:
         time.sleep(1)
-    return left
+    return sum(end - committed for committed, end in short.values()), short
 
 
 def report(rounds: list[dict[str, Any]]) -> None:

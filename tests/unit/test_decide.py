@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from worker.decide import (
+    UNREADABLE,
     VALIDATE,
     Decision,
     Outcome,
@@ -28,6 +29,7 @@ states = st.builds(
     fingerprint=st.sampled_from([FP, OTHER]),
     identity=st.none() | st.text(max_size=5),
     expires_at_ms=st.none() | st.integers(0, 10**13),
+    partition=st.none() | st.integers(0, 10**4),
 )
 
 
@@ -112,3 +114,35 @@ def test_state_round_trips(state: SessionState) -> None:
 def test_unreadable_state_is_unknown(raw: bytes) -> None:
     decoded = SessionState.decode(raw)
     assert decoded is None or isinstance(decoded, SessionState)
+
+
+def test_every_older_state_version_is_read() -> None:
+    # version 1 (before the version field): no partition recorded
+    v1 = b'[1763700000000,true,"sha256:0123456789abcdef","alice",null]'
+    assert SessionState.decode(v1) == SessionState(1763700000000, True, FP, "alice", None, None)
+    v2 = SessionState(1763700000000, True, FP, "alice", 1763700060000, 7).encode()
+    assert v2.startswith(b"[2,")
+    assert SessionState.decode(v2) == SessionState(
+        1763700000000, True, FP, "alice", 1763700060000, 7
+    )
+
+
+def test_an_unknown_version_is_no_state_and_counted() -> None:
+    before = UNREADABLE["unknown_version"]
+    newer = b'[3,1763700000000,true,"sha256:0123456789abcdef",null,null,0,"more"]'
+    assert SessionState.decode(newer) is None  # one validation, then a state of this version
+    assert UNREADABLE["unknown_version"] == before + 1
+
+
+def test_a_state_of_the_wrong_types_is_never_trusted() -> None:
+    before = UNREADABLE["malformed"]
+    for raw in (
+        b'[2,1763700000000,"false","sha256:0123456789abcdef",null,null,0]',  # a truthy string
+        b'[2,1763700000000,1,"sha256:0123456789abcdef",null,null,0]',
+        b'[2,"1763700000000",true,"sha256:0123456789abcdef",null,null,0]',
+        b'[2,1763700000000,true,"sha256:0123456789abcdef",null,null]',  # a field short
+        b'{"validatedAt":1763700000000,"allowed":true}',
+        b"[]",
+    ):
+        assert SessionState.decode(raw) is None, raw
+    assert UNREADABLE["malformed"] == before + 6
