@@ -51,6 +51,8 @@ def faust_settings(settings: Settings, partitions: int) -> dict[str, Any]:
         "topic_allow_declare": settings.create_topics,
         # records held for a validation are finished (not dropped) on rebalance and stop
         "stream_wait_empty": True,
+        # Faust's livelock check: the drain loop feeds it (worker/faust_tuning.py)
+        "stream_processing_timeout": settings.stall_warning_s,
     }
     sec = settings.security
     if sec.sasl:

@@ -10,12 +10,12 @@ extension point (the transport's `Consumer` and `Producer` classes, the consumer
 2. The inbound topic's hot path. Faust hands each message to its streams through a
    lock, a decode into an Event, a channel queue, and two tasks raced per message
    (`wait_first`): ~150 µs a message, ten times the worker's own work (DESIGN.md). Here
-   the consumer's drain loop hands inbound messages straight to the worker's handler,
-   tracking and acking them the way a Faust stream does (unacked set for rebalances and
-   shutdown, `Message.ack` for commits). Every other topic (changelogs) goes through
-   Faust unchanged. Messages of an old consumer generation, or fetched while flow is
+   the consumer's drain loop hands inbound messages straight to the worker's handler; the
+   worker's pipeline acks them in order (`Consumer.ack`) and settles them before a revoke
+   and at stop. Messages of an old consumer generation, or fetched while flow is
    suspended for a rebalance, are neither handled nor acked: Faust seeks back to the
-   committed offset after the rebalance and they come again.
+   committed offset after the rebalance and they come again. The offset committed for the
+   inbound topic is computed here (`_new_offset`), not by Faust's gap-filling rule.
 3. Changelog messages (table recovery, standby replicas) go to Faust's callback directly
    while flow is active, instead of racing it against `suspend_flow` in two new tasks
    each (`wait_first`): table recovery ran at 10,600 records/s, one core's worth of
@@ -41,6 +41,7 @@ tests/unit/test_faust_tuning.py fails loudly if a Faust upgrade moves any of thi
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import contextvars
 import logging
@@ -70,6 +71,8 @@ RELIED_ON: dict[str, str] = {
     "faust.transport.consumer:Consumer.getmany": "4b168d84882a70d6",
     "faust.transport.consumer:Consumer.ack": "5fcf41cf45153475",
     "faust.transport.consumer:Consumer._new_offset": "1d2c7ea89a7ad4f1",
+    "faust.transport.consumer:Consumer.commit": "a354437baaa08bf8",
+    "faust.transport.consumer:Consumer.maybe_wait_for_commit_to_finish": "d687f63a0b5ef0c5",
     "faust.transport.consumer:Consumer._add_gap": "4df2573ded7c1c2c",
     "faust.transport.consumer:Consumer.perform_seek": "0e8c130ff4b0afd8",
     "faust.transport.drivers.aiokafka:AIOKafkaConsumerThread._create_worker_consumer": (
@@ -96,7 +99,8 @@ PRIVATE_NAMES = (
     "consumer._commit_every",
     "consumer._n_acked",
     "consumer._add_gap",
-    "consumer._gap",
+    "consumer._acked",
+    "consumer._acked_index",
     "consumer._stopped",
     "consumer._thread",
     "consumer._drain_messages",
@@ -166,10 +170,35 @@ class _Consumer(driver.Consumer):
             self.app.flow_control.suspend()
             await path.settle(revoked, "rebalance")
             try:
+                # a periodic commit in flight would make this one return without committing
+                await self.maybe_wait_for_commit_to_finish()
                 await self.commit()
             except Exception as exc:  # noqa: BLE001 - not committed: read again (duplicates)
                 log.warning("commit before a rebalance failed (%r): records come again", exc)
         await super().on_partitions_revoked(revoked)
+
+    def _new_offset(self, tp: TP) -> int | None:
+        """The offset to commit for `tp`. For the inbound topic: past the last acked record.
+
+        The pipeline acks a partition's records strictly in the order they were handed over,
+        so what is acked is always a prefix of that sequence, and the drain loop hands over
+        every record after the committed offset (those it skips, of an old generation or
+        while flow is suspended, come again after the rebalance's seek). Faust's own rule
+        (the first run of consecutive acked offsets, gaps filled from the drain loop's read
+        offsets) is not used for it: a seek in the middle of a batch (Faust seeks again when
+        recovery completes) made it record a gap over records that were handed over, their
+        offsets were then acked twice, and with duplicates its run of consecutive offsets
+        ends at each one: commits crawled by one offset per interval (issue 16; Faust
+        issues #625 and #606 on the same code)."""
+        if tp.topic != self._fast_path.topic:
+            return super()._new_offset(tp)
+        acked = self._acked.get(tp)
+        if not acked:
+            return None
+        offset = max(acked) + 1
+        acked.clear()
+        self._acked_index[tp].clear()
+        return offset
 
     async def wait_empty(self) -> None:
         """Faust waits here for its streams at rebalances and at stop; the fast path's
@@ -213,9 +242,6 @@ class _Consumer(driver.Consumer):
                     r_offset = get_read_offset(tp)
                     if r_offset is not None and offset < r_offset:
                         continue  # already read
-                    gap = offset - (r_offset or 0)
-                    if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                        await self._add_gap(tp, r_offset + 1, offset)
                     if commit_every is not None and self._n_acked >= commit_every:
                         self._n_acked = 0
                         await self.commit()
@@ -229,6 +255,9 @@ class _Consumer(driver.Consumer):
                         inbound_time[tp] = now
                         await handle(message)
                         continue
+                    gap = offset - (r_offset or 0)  # Faust's gaps: only for its own topics
+                    if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                        await self._add_gap(tp, r_offset + 1, offset)
                     if flow_active():
                         await callback(message)
                     else:
@@ -326,25 +355,60 @@ def kafka_producer(app: faust.App) -> aiokafka.AIOKafkaProducer:
     return cast(aiokafka.AIOKafkaProducer, app.producer._producer)  # type: ignore[attr-defined]
 
 
+SEAM_ERRORS: collections.Counter[str] = collections.Counter()
+"""Failures of the helpers below that read Faust's or aiokafka's internals, by helper:
+exported as `secure_session_seam_errors_total` (worker/metrics.py) and logged as errors.
+One means an upgrade moved something: the value it would have given is missing."""
+_last_logged: dict[str, float] = {}
+
+
+def _seam_failed(helper: str, exc: BaseException) -> None:
+    SEAM_ERRORS[helper] += 1
+    now = time.monotonic()
+    if now - _last_logged.get(helper, -60.0) >= 60.0:  # once a minute per helper
+        _last_logged[helper] = now
+        log.error(
+            "%s cannot read Faust's or aiokafka's internals (%r): its metric is missing; "
+            "the installed versions differ from constraints.txt?",
+            helper,
+            exc,
+        )
+
+
 def kafka_connected(app: faust.App) -> bool | None:
-    """Has the worker's consumer a live broker connection? None before it has started."""
+    """Has the worker's consumer a live broker connection? None before it has started, or
+    when the internals it reads moved (logged and counted: see `SEAM_ERRORS`)."""
     try:
         consumer = app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
-    except (AttributeError, ConsumerNotStarted):
+    except ConsumerNotStarted:
         return None
-    return any(conn.connected() for conn in list(consumer._client._conns.values()))
+    except Exception as exc:  # noqa: BLE001 - fail loudly, never take the worker down
+        _seam_failed("kafka_connected", exc)
+        return None
+    try:
+        return any(conn.connected() for conn in list(consumer._client._conns.values()))
+    except Exception as exc:  # noqa: BLE001
+        _seam_failed("kafka_connected", exc)
+        return None
 
 
 def lag(app: faust.App, topic: str) -> dict[int, int]:
-    """Records of `topic` not yet committed, by assigned partition (known after a fetch)."""
-    consumer = app.consumer
-    committed = consumer._committed_offset  # type: ignore[attr-defined] # last committed
-    lags = {}
-    for tp in consumer.assignment():
-        if tp.topic == topic and (end := consumer.highwater(tp)) is not None:
-            done = committed.get(tp)
-            lags[tp.partition] = max(0, end - (0 if done is None else done + 1))
-    return lags
+    """Records of `topic` not yet committed, by assigned partition (known after a fetch);
+    empty when the internals it reads moved (logged and counted: see `SEAM_ERRORS`)."""
+    try:
+        consumer = app.consumer
+        committed = consumer._committed_offset  # type: ignore[attr-defined] # last committed
+        lags = {}
+        for tp in consumer.assignment():
+            if tp.topic == topic and (end := consumer.highwater(tp)) is not None:
+                done = committed.get(tp)
+                lags[tp.partition] = max(0, end - (0 if done is None else done + 1))
+        return lags
+    except ConsumerNotStarted:
+        return {}
+    except Exception as exc:  # noqa: BLE001
+        _seam_failed("lag", exc)
+        return {}
 
 
 def run_as_current(app: faust.App, message: Message, fn: Callable[..., Any], *args: Any) -> Any:

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from worker.decide import UNREADABLE
+from worker.faust_tuning import SEAM_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,15 @@ class _Unreadable(Collector):
         for why in ("unknown_version", "malformed"):
             family.add_metric([why], UNREADABLE[why])
         yield family
+        seam = CounterMetricFamily(
+            "secure_session_seam_errors",
+            "Failures reading Faust's or aiokafka's internals (connection state, lag), by "
+            "helper: the metric it feeds is missing (an upgrade moved something)",
+            labels=["helper"],
+        )
+        for helper in ("kafka_connected", "lag"):
+            seam.add_metric([helper], SEAM_ERRORS[helper])
+        yield seam
 
 
 class _DecisionTime(Collector):

@@ -145,6 +145,9 @@ class Settings:
     """SIGTERM to exit, whatever is in flight: validations still running after half of it
     are abandoned (their records left for the next owner), and at the deadline the process
     exits. Kept under the group's rebalance timeout (Faust's default: 60 s)."""
+    stall_warning_s: float = 300.0
+    """A partition with records waiting that hands none over for this long is logged as
+    stalled (Faust's `stream_processing_timeout`, fed by the worker's intake)."""
     kafka: KafkaTuning = field(default_factory=KafkaTuning)
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
     create_topics: bool = True
@@ -216,6 +219,9 @@ class Settings:
             sweep_every_s=r.get("SECURE_SESSION_SWEEP_EVERY_S", _positive(float), d.sweep_every_s),
             shutdown_deadline_s=r.get(
                 "SECURE_SESSION_SHUTDOWN_DEADLINE_S", _positive(float), d.shutdown_deadline_s
+            ),
+            stall_warning_s=r.get(
+                "SECURE_SESSION_STALL_WARNING_S", _positive(float), d.stall_warning_s
             ),
             kafka=KafkaTuning(
                 session_timeout_s=r.get("KAFKA_SESSION_TIMEOUT_S", _positive(float), None),

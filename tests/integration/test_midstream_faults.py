@@ -122,3 +122,38 @@ def test_connector_deleted_while_sessions_use_it(harness: Harness) -> None:
     while (got := one(n := n + 1)) == "misconfigured":
         time.sleep(0.2)
     assert got == "cached" and h.api.calls["tok-del"] == 1
+
+
+def test_faust_stall_check_is_fed_by_the_intake_and_still_sees_a_real_stall(
+    harness: Harness,
+) -> None:
+    """Issue 16: the fast path bypasses Faust's streams, whose livelock check ("Stream has
+    not started processing") reads when each partition last handed a record over. With a
+    2 s threshold: a backlog drained for ~8 s through a slow API logs no stall; an API that
+    hangs with every hold slot taken does."""
+    h = harness
+    h.extra_env |= {
+        "SECURE_SESSION_STALL_WARNING_S": "2",
+        "SECURE_SESSION_MAX_CONCURRENT_CALLS": "20",
+        "SECURE_SESSION_MAX_HELD_MESSAGES": "50",
+    }
+    config = h.write_config([bot("secure")], [connector("main", h.server.url, timeout=60)])
+    sessions = 400
+    for s in range(sessions):
+        h.api.tokens[f"tok-{s}"] = f"u{s}"
+    h.api.default_delay_s = 0.4  # 20 calls at a time: ~50 validations a second
+    h.send(*[event(f"s{s}", f"m{i}", f"tok-{s}") for i in range(2) for s in range(sessions)])
+    h.start_worker(config)  # a backlog from the start
+    h.wait(lambda: [o for o in h.outputs if o.topic == "allowed"], 2 * sessions, 60, "decided")
+    log = h.logs[-1]
+    assert "Stream has not started processing" not in log.read_text()
+    assert "Stream stopped processing" not in log.read_text()
+
+    h.api.tokens["tok-hang"] = "hal"
+    h.api.delay_s["tok-hang"] = 40.0  # hangs: 50 held, the intake stops, a backlog waits
+    h.send(*[event("s-hang", f"m{i}", "tok-hang") for i in range(500)])
+    deadline = time.monotonic() + 30
+    while "Stream stopped processing" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "Stream stopped processing" in log.read_text()
+    assert "Stream has not started processing" not in log.read_text()  # fed from the first

@@ -43,10 +43,6 @@ MESSAGES = 5000
 RATE = 2000  # messages a second
 DEADLINE_S = 4.0  # SECURE_SESSION_SHUTDOWN_DEADLINE_S for these workers
 SLACK_S = 2.0  # a Python process's own exit, after the deadline
-# commits that stop short of the partition end are still seen in about 1 round of 4 (the
-# records are all decided; a restart decides them again): asserted by `make soak`, only
-# reported by `make test` until fixed (issue 16)
-STRICT_COMMITS = os.environ.get("SOAK_STRICT_COMMITS") == "1"
 
 
 @pytest.mark.timeout(120 + 90 * ROUNDS)
@@ -63,8 +59,7 @@ def test_faults_close_together_repeated(broker: Broker, tmp_path: Path) -> None:
         assert r["allowed_and_blocked"] == 0, f"round {n}: {r}"
         assert r["sessions_out_of_order"] == 0, f"round {n}: {r}"
         assert r["stop_seconds"] <= DEADLINE_S + SLACK_S, f"round {n}: {r}"
-        if STRICT_COMMITS:  # known open: issue 16, commits short of the end in ~1 round of 4
-            assert r["uncommitted"] == 0, f"round {n}: {r}"
+        assert r["uncommitted"] == 0, f"round {n}: {r}"
     assert not [p for p in h.logs if "Traceback" in p.read_text(errors="replace")]
 
 

@@ -80,3 +80,13 @@ def test_prometheus_scrapes_the_worker_port() -> None:
     targets = config["scrape_configs"][0]["static_configs"][0]["targets"]
     assert targets == [f"worker:{Settings().web_port}"]
     assert "6066:6066" in COMPOSE["services"]["worker"]["ports"]
+
+
+def test_the_ci_workflow_runs_the_suite_on_tansu_and_on_apache_kafka() -> None:
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "ci.yml").read_text())
+    jobs = workflow["jobs"]
+    assert any("bash .ci/run" in step.get("run", "") for step in jobs["embedded-broker"]["steps"])
+    kafka = jobs["apache-kafka"]
+    assert kafka["env"]["KAFKA_BOOTSTRAP_SERVERS"] == "localhost:9092"
+    assert kafka["services"]["kafka"]["image"] == COMPOSE["services"]["kafka"]["image"]
+    assert any(step.get("run") == "make test" for step in kafka["steps"])

@@ -17,8 +17,10 @@ import aiokafka
 import faust
 import pytest
 from faust.transport.producer import ProducerBuffer
+from prometheus_client import generate_latest
 
 from worker import faust_tuning
+from worker.metrics import Metrics
 
 
 # a Faust app made outside a worker leaves an event loop of its own behind
@@ -223,19 +225,59 @@ async def test_drain_skips_old_generations_and_suspended_flow_without_reading_th
     assert drain.handled[4:] == [(3, 1), (4, 1), (5, 1), (6, 1)]
 
 
+class _Message(SimpleNamespace):
+    """What Consumer.ack reads of a message (weakly referenced, as Faust's are)."""
+
+    __hash__ = object.__hash__
+
+
+def _ack_all(drain: _Drain, offsets: list[int]) -> None:
+    """Ack in hand-over order, as the pipeline does."""
+    for offset in offsets:
+        drain.consumer.ack(_Message(topic="inbound", offset=offset, tp=drain.tp, acked=False))
+
+
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-async def test_drain_records_gaps_and_feeds_faust_livelock_check(drain: _Drain) -> None:
+async def test_drain_commits_past_gaps_and_feeds_faust_livelock_check(drain: _Drain) -> None:
     drain.app.topics._acking_topics.add("inbound")  # as once subscribed
     drain.batches = [[(0, 1), (1, 1), (7, 1), (8, 1)]]  # 2-6: compacted or markers
     await drain.run()
     assert [o for o, _ in drain.handled] == [0, 1, 7, 8]
-    gap = drain.consumer._gap[drain.tp]
-    # Faust's interval takes in the record after the gap too (end excluded: 2-7); harmless,
-    # since the pipeline acks in offset order: 8 is acked only after 7
-    assert sorted((i.begin, i.end) for i in gap) == [(2, 8)]
+    _ack_all(drain, [0, 1, 7])
+    assert drain.consumer._new_offset(drain.tp) == 8  # past 7: 8 is not acked yet
+    assert drain.consumer._new_offset(drain.tp) is None  # nothing new
+    _ack_all(drain, [8])
+    assert drain.consumer._new_offset(drain.tp) == 9
     # Faust's "Stream has not started processing" check reads this per partition
     assert drain.tp in drain.app.monitor.stream_inbound_time
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_drain_a_seek_in_the_middle_of_a_batch_does_not_stall_commits(
+    drain: _Drain,
+) -> None:
+    """Issue 16's stuck commits: Faust seeks to the committed offset (5) again when
+    recovery completes, while the drain loop is still in a batch fetched before. Faust's
+    rule then recorded a gap over records already handed over (6-11), acked them twice,
+    and committed one short run per interval (here: 7 instead of 40)."""
+
+    async def seek_again() -> None:  # same generation: Faust's on_recovery_completed
+        await drain.consumer.seek(drain.tp, 5)
+        drain.consumer._committed_offset[drain.tp] = 5  # as perform_seek records it
+
+    drain.app.topics._acking_topics.add("inbound")
+    drain.consumer._seek = lambda tp, offset: asyncio.sleep(0)
+    drain.consumer._read_offset[drain.tp] = 5
+    drain.consumer._committed_offset[drain.tp] = 5
+    drain.on_handle[10] = seek_again
+    drain.batches = [[(n, 1) for n in range(5, 40)], [(n, 1) for n in range(5, 40)]]
+    await drain.run()
+    handled = [o for o, _ in drain.handled]
+    assert handled[:35] == list(range(5, 40))  # the re-fetch after the seek: already read
+    _ack_all(drain, handled)
+    assert drain.consumer._new_offset(drain.tp) == 40
 
 
 def test_what_the_worker_relies_on_in_faust_mode_and_aiokafka_is_unchanged() -> None:
@@ -292,3 +334,25 @@ def test_the_pins_are_what_is_installed() -> None:
     )
     for package in ("faust-streaming", "mode-streaming", "aiokafka"):
         assert importlib.metadata.version(package) == pins[package].split()[0], package
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_helpers_reading_internals_fail_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    """When an upgrade moves what they read: an error log and a metric, never a silent
+    empty value (and never an exception into the worker)."""
+    app = faust.App("seam-test", broker="kafka://127.0.0.1:1")
+    faust_tuning.install(app, fetch_max_wait_ms=7)
+    before = dict(faust_tuning.SEAM_ERRORS)
+    app.consumer._thread = SimpleNamespace()  # no _ensure_consumer any more
+    app.consumer.assignment = lambda: {faust.types.TP("inbound", 0)}
+    app.consumer.highwater = lambda tp: 10
+    del app.consumer._committed_offset
+    with caplog.at_level("ERROR"):
+        assert faust_tuning.kafka_connected(app) is None
+        assert faust_tuning.lag(app, "inbound") == {}
+    assert faust_tuning.SEAM_ERRORS["kafka_connected"] == before.get("kafka_connected", 0) + 1
+    assert faust_tuning.SEAM_ERRORS["lag"] == before.get("lag", 0) + 1
+    assert [r.getMessage().split(" ")[0] for r in caplog.records] == ["kafka_connected", "lag"]
+    text = generate_latest(Metrics().registry).decode()
+    assert 'secure_session_seam_errors_total{helper="lag"}' in text
