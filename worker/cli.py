@@ -377,9 +377,10 @@ def token_mint(issuer: str, identity: str, secret_ref: str, ttl: int, kid: str |
 
     from worker.errors import Misconfigured
     from worker.validators.jwt import mint, signing_key
+    from worker.vault import ref_org
 
     try:
-        key = signing_key(vault_of(_settings()), secret_ref)
+        key = signing_key(vault_of(_settings()), secret_ref, ref_org(secret_ref) or "")
     except Misconfigured as exc:
         _fail(str(exc))
     click.echo(mint(key, issuer, identity, ttl, time.time(), kid))

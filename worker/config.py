@@ -22,7 +22,7 @@ import yaml
 
 from worker.errors import ConfigError
 from worker.jsonpath import JsonPath
-from worker.vault import check_ref, is_ref
+from worker.vault import check_ref, is_ref, ref_org
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,10 @@ def _check_schema(schema: str, data: Any, source: str) -> None:
         missing = error.message.split("'")[1] if "'" in error.message else error.message
         path = f"{path}.{missing}" if path else missing
         raise ConfigError(source, path, "is required")
-    if isinstance(error.instance, (dict, list)):
+    if error.validator == "pattern" and error.schema.get("pattern") == "^srn:vault::":
+        # a credential typed where a reference belongs: never echo it
+        why = "must be a vault reference srn:vault::<org>:secret:<name> (value not shown)"
+    elif isinstance(error.instance, (dict, list)):
         # never echo a whole object: it may hold a literal credential
         why = f"fails the schema's {error.validator!r} rule"
     else:
@@ -150,16 +153,25 @@ def _path(source: str, field_name: str, text: str) -> JsonPath:
         raise ConfigError(source, field_name, str(exc)) from None
 
 
-def _check_refs(source: str, field_name: str, value: Any) -> None:
+def _check_refs(source: str, field_name: str, value: Any, org: str) -> None:
+    """Every vault reference in `value` is well formed and names `org`'s own secrets."""
     if isinstance(value, str):
-        if is_ref(value) and (why := check_ref(value)):
-            raise ConfigError(source, field_name, why)
+        if is_ref(value):
+            if why := check_ref(value):
+                raise ConfigError(source, field_name, why)
+            if ref_org(value) != org:
+                raise ConfigError(
+                    source,
+                    field_name,
+                    f"names a secret of another organization (a {org!r} record may only "
+                    f"name srn:vault::{org}:… references)",
+                )
     elif isinstance(value, dict):
         for k, v in value.items():
-            _check_refs(source, f"{field_name}.{k}", v)
+            _check_refs(source, f"{field_name}.{k}", v, org)
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            _check_refs(source, f"{field_name}.{i}", v)
+            _check_refs(source, f"{field_name}.{i}", v, org)
 
 
 def parse_bot(data: Any, source: str) -> Bot:
@@ -172,10 +184,7 @@ def parse_bot(data: Any, source: str) -> Bot:
     token_path = None
     if "TokenPath" in ssc:
         token_path = _path(source, "SecureSessionConfig.TokenPath", ssc["TokenPath"])
-    if "SecretRef" in ssc:
-        _check_refs(source, "SecureSessionConfig.SecretRef", ssc["SecretRef"])
-    if "Keys" in ssc:
-        _check_refs(source, "SecureSessionConfig.Keys", ssc["Keys"])
+    _check_refs(source, "SecureSessionConfig", ssc, data["Organization"])
     return Bot(
         organization=data["Organization"],
         name=data["Name"],
@@ -217,8 +226,9 @@ def parse_connector(data: Any, source: str) -> Connector:
         )
     headers = data.get("Headers", {})
     body = data.get("Body", {})
-    _check_refs(source, "Headers", headers)
-    _check_refs(source, "Body", body)
+    org = data["Organization"]
+    for section in ("Headers", "Body", "Auth", "RequestMapping", "ResponseMapping"):
+        _check_refs(source, section, data.get(section), org)
     return Connector(
         organization=data["Organization"],
         alias=data["Alias"],
@@ -236,7 +246,6 @@ def parse_connector(data: Any, source: str) -> Connector:
 def _auth(data: dict[str, Any] | None, source: str) -> Auth | None:
     if data is None:
         return None
-    _check_refs(source, "Auth.ClientSecret", data["ClientSecret"])
     return Auth(
         type=data["Type"],
         client_id=data["ClientId"],

@@ -174,3 +174,19 @@ def test_token_is_redacted_to_its_fingerprint() -> None:
     doc = json.loads(raw)
     c.redact(doc)
     assert doc["context"] == {"accessToken": c.fingerprint, "lang": "en"}
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"iat": float("nan")},  # passed RevokedBefore: every comparison with NaN is false
+        {"exp": float("inf")},  # raised an internal error
+        {"exp": float("-inf")},
+        {"nbf": float("nan")},
+        {"exp": 1e300},
+    ],
+)
+def test_claims_that_are_not_finite_numbers_are_invalid(claims: dict[str, Any]) -> None:
+    b = bot(RevokedBefore=NOW - 5)
+    outcome, detail, _ = check(token(**claims), b)
+    assert outcome == "token_invalid" and "finite number" in detail

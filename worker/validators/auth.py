@@ -50,7 +50,7 @@ class ConnectorAuth:
         if auth is None:
             return {}
         if auth.type == "basic":
-            secret = self._vault.resolve(auth.client_secret_ref)
+            secret = self._vault.resolve(auth.client_secret_ref, connector.organization)
             return {"Authorization": _basic(auth.client_id, secret)}
         token = await self._token(connector, auth)
         return {"Authorization": f"Bearer {token.value}"}
@@ -88,7 +88,7 @@ class ConnectorAuth:
 
     async def _fetch(self, connector: Connector, auth: Auth) -> _Token:
         assert auth.token_url is not None
-        secret = self._vault.resolve(auth.client_secret_ref)
+        secret = self._vault.resolve(auth.client_secret_ref, connector.organization)
         form = {"grant_type": "client_credentials"}
         if auth.scope:
             form["scope"] = auth.scope

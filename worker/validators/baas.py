@@ -73,9 +73,9 @@ class BaasValidator:
     def build_request(self, call: BaasCall, auth: dict[str, str]) -> httpx.Request:
         """The HTTP request, secrets resolved (SecretNotFound when one is missing)."""
         con = call.connector
-        headers: dict[str, str] = self._vault.resolve_in(con.headers)
+        headers: dict[str, str] = self._vault.resolve_in(con.headers, con.organization)
         headers |= auth
-        body: dict[str, Any] = self._vault.resolve_in(con.body)
+        body: dict[str, Any] = self._vault.resolve_in(con.body, con.organization)
         params: dict[str, str] = {}
         for mapping, value in zip(con.mappings, call.values, strict=True):
             if mapping.type == "requestBody":
@@ -91,9 +91,11 @@ class BaasValidator:
         if con.method not in ("GET", "DELETE") or body:
             content = orjson.dumps(body)
             headers.setdefault("Content-Type", "application/json")
-        return httpx.Request(
-            con.method, con.endpoint, headers=headers, params=params, content=content
-        )
+        # the Endpoint's own query string is kept, the mapped parameters added to it
+        url = httpx.URL(con.endpoint)
+        if params:
+            url = url.copy_merge_params(params)
+        return httpx.Request(con.method, url, headers=headers, content=content)
 
     async def validate(self, call: BaasCall) -> tuple[Validation, Report]:
         """Call the API (with retries) and say what it answered; never raises."""
@@ -105,6 +107,13 @@ class BaasValidator:
         unsendable = _unsendable(call)
         if unsendable is not None:
             return self._result(call, "token_invalid", unsendable, None)
+        try:  # what the event's values make impossible to send is that message's alone
+            self.build_request(call, {})
+        except Misconfigured as exc:
+            return self._result(call, "misconfigured", str(exc), None)
+        except (httpx.InvalidURL, UnicodeEncodeError, ValueError, TypeError) as exc:
+            detail = f"the request cannot be built from the event ({exc.__class__.__name__})"
+            return self._result(call, "token_invalid", f"{detail}: not sent", None)
         try:
             answer = await self._calls.call(
                 con, build, read_body=con.identity_path is not None, what="Authorization API"

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from worker.config import Connector
-from worker.errors import Misconfigured, Unavailable
+from worker.errors import Unavailable
 from worker.validators.auth import ConnectorAuth
 from worker.validators.circuit import CircuitBreaker
 from worker.validators.http import Answer, Http
@@ -39,7 +39,10 @@ class ConnectorCalls:
         async def attempt() -> httpx.Request:
             return await build(await self.auth.headers(con))
 
-        answered = False
+        # only a real upstream failure counts towards the circuit: no answer, a 5xx, or a
+        # token endpoint that failed; not a request that could not be built or sent
+        # (Misconfigured: nothing was sent), nor an internal error
+        answered = True
         try:
             answer = await self.http.call(attempt, con.timeout_s, read_body=read_body, what=what)
             if answer.status == 401 and con.auth is not None and con.auth.type != "basic":
@@ -49,8 +52,8 @@ class ConnectorCalls:
                 )
             answered = answer.status is not None and answer.status < 500
             return answer
-        except Misconfigured:
-            answered = True  # nothing was sent: says nothing about the API
+        except Unavailable:
+            answered = False
             raise
         finally:
             self.breaker.record(con.key, answered=answered)

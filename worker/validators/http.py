@@ -209,11 +209,19 @@ class Http:
     ) -> tuple[int | None, bytes | None, str]:
         try:
             request = await build()
-        except (UnicodeEncodeError, ValueError, TypeError) as exc:
+        except (UnicodeEncodeError, ValueError, TypeError, httpx.InvalidURL) as exc:
             # e.g. a secret or header template httpx cannot encode; never the value itself
             raise Misconfigured(
                 f"{what} request cannot be built ({exc.__class__.__name__})"
             ) from None
+        for name, value in request.headers.items():
+            if not _sendable_header(value):
+                # a secret (or a token endpoint's answer) with a line break, NUL or other
+                # control character: nothing is sent, and the value is never shown
+                raise Misconfigured(
+                    f"{what} request header {name} holds a character that cannot be sent "
+                    "(a line break, NUL or other control character): not sent"
+                )
         if self._guard is not None:
             await self._guard.check(request.url)  # Misconfigured: nothing is sent
         timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, self._connect_timeout_s))
@@ -229,10 +237,14 @@ class Http:
                     await response.aclose()
         except (TimeoutError, httpx.TimeoutException):
             return None, None, f"{what} timed out after {timeout_s:g} s"
-        except _TooLarge:
+        except _TooLarge as too_large:
+            if too_large.status is not None and 400 <= too_large.status < 500:
+                # a 4xx is a denial whatever its body: decided without reading it all
+                return too_large.status, None, f"{what} answered {too_large.status}"
             return None, None, f"{what} answer is larger than {self._max_body} bytes"
-        except Exception as exc:  # noqa: BLE001 - any failure of the call is "no answer"
-            # the message of an httpx error may hold the URL (and query credentials)
+        except (httpx.TransportError, OSError) as exc:  # the network's failures only:
+            # anything else is an internal error and blocks (never "no answer", which a
+            # fail-open bot would allow); an httpx error's message may hold the URL
             return None, None, f"{what} connection failed ({exc.__class__.__name__})"
         status = response.status_code
         if 300 <= status < 400:
@@ -247,12 +259,19 @@ class Http:
             size += len(chunk)
             if size > self._max_body:
                 if keep:
-                    raise _TooLarge
+                    raise _TooLarge(response.status_code)
                 return None  # the connection is closed, not reused
             if keep:
                 chunks.append(chunk)
         return b"".join(chunks) if keep else None
 
 
+def _sendable_header(value: str) -> bool:
+    """Printable ASCII (what an HTTP header value may hold; a tab too)."""
+    return value.isascii() and value.replace("\t", " ").isprintable()
+
+
 class _TooLarge(Exception):
-    pass
+    def __init__(self, status: int | None) -> None:
+        super().__init__(status)
+        self.status = status

@@ -58,7 +58,7 @@ class IntrospectionValidator:
         token = check.token
 
         async def build(auth: dict[str, str]) -> httpx.Request:
-            headers: dict[str, str] = self._vault.resolve_in(con.headers)
+            headers: dict[str, str] = self._vault.resolve_in(con.headers, con.organization)
             headers |= auth
             headers["Accept"] = "application/json"
             form = {"token": token, "token_type_hint": "access_token"}

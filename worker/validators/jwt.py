@@ -8,6 +8,8 @@ tested with a fixed clock. A `kid` is only ever a key into the bot's `Keys`.
 
 from __future__ import annotations
 
+import math
+
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,9 +27,10 @@ ALGORITHMS = ["HS256"]
 MIN_KEY_BYTES = 32
 
 
-def signing_key(vault: Vault, ref: str) -> bytes:
-    """A bot's HS256 key; Misconfigured when missing or shorter than 32 bytes."""
-    key = vault.resolve(ref).encode()
+def signing_key(vault: Vault, ref: str, org: str) -> bytes:
+    """An HS256 key of organization `org`; Misconfigured when missing, another
+    organization's, or shorter than 32 bytes."""
+    key = vault.resolve(ref, org).encode()
     if len(key) < MIN_KEY_BYTES:
         raise Misconfigured(f"key {ref} is shorter than {MIN_KEY_BYTES} bytes")
     return key
@@ -39,7 +42,7 @@ def key_checker(vault: Vault) -> Callable[[Bot, str], None]:
     def check(bot: Bot, source: str) -> None:
         for ref in bot.key_refs():
             try:
-                signing_key(vault, ref)
+                signing_key(vault, ref, bot.organization)
             except Misconfigured as exc:
                 raise ConfigError(source, "SecureSessionConfig.SecretRef", str(exc)) from None
 
@@ -93,7 +96,7 @@ class JwtValidator:
             assert bot.secret_ref is not None
             ref = bot.secret_ref
         try:
-            key = signing_key(self._vault, ref)
+            key = signing_key(self._vault, ref, bot.organization)
         except Misconfigured as exc:
             return "misconfigured", str(exc), None, None
         try:
@@ -127,8 +130,13 @@ def _check_claims(
 ) -> tuple[Outcome, str, str | None, float | None]:
     exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf")
     for name, value in (("exp", exp), ("iat", iat), ("nbf", nbf)):
-        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
-            return "token_invalid", f"claim {name!r} is not a number", None, None
+        if value is not None and (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not math.isfinite(value)  # NaN passes every comparison; Infinity never expires
+            or abs(value) > 1e12  # seconds: beyond year 33,000, and past int(ms) overflow
+        ):
+            return "token_invalid", f"claim {name!r} is not a finite number", None, None
     assert isinstance(exp, (int, float)) and isinstance(iat, (int, float))
     leeway = bot.leeway_s
     if now >= exp + leeway:
