@@ -9,7 +9,6 @@ tested with a fixed clock. A `kid` is only ever a key into the bot's `Keys`.
 from __future__ import annotations
 
 import math
-
 import time
 from collections.abc import Callable
 from typing import Any
