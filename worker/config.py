@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jsonschema
+import orjson
 import yaml
 
 from worker.errors import ConfigError
@@ -27,6 +28,17 @@ from worker.vault import check_ref, is_ref, ref_org
 log = logging.getLogger(__name__)
 
 SCHEMAS = Path(__file__).parent / "schemas"
+
+MAX_FILE_BYTES = 4 * 1024 * 1024
+"""A configuration file larger than this is refused unread."""
+MAX_RECORD_BYTES = 1024 * 1024
+"""A config-topic record larger than this is skipped unread (Kafka's default record limit)."""
+MAX_DEPTH = 64
+"""Nesting deeper than this is refused: no record of ours nests more than a few levels,
+and the checks that walk a record must never run out of stack (RecursionError)."""
+MAX_NODES = 200_000
+"""What a YAML file may expand to, aliases counted each time they are used: a few hundred
+bytes of nested aliases otherwise expand to gigabytes ("billion laughs")."""
 
 MappingType = Literal["requestBody", "header", "queryParameter"]
 
@@ -124,6 +136,65 @@ def _validator(schema: str) -> jsonschema.protocols.Validator:
         loaded = json.load(f)
     cls = jsonschema.validators.validator_for(loaded)
     return cls(loaded)
+
+
+def _check_depth(data: Any, source: str) -> None:
+    """Refuse nesting deeper than MAX_DEPTH (walked without recursion)."""
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth >= MAX_DEPTH:
+                raise ConfigError(source, "", f"nests deeper than {MAX_DEPTH} levels")
+            items = value.values() if isinstance(value, dict) else value
+            stack.extend((v, depth + 1) for v in items)
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    """yaml.safe_load, bounded: the expansion of aliases and the nesting are checked on
+    the composed node graph, before anything is built from it."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expansion(node, source)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: yaml.Node, source: str) -> None:
+    sizes: dict[int, int] = {}  # expanded size of each finished node (shared by aliases)
+    open_nodes: set[int] = set()  # the ancestors of the node being looked at
+    stack: list[tuple[yaml.Node, bool, int]] = [(root, False, 0)]
+    while stack:
+        node, done, depth = stack.pop()
+        children = _children(node)
+        if done:
+            open_nodes.discard(id(node))
+            size = 1 + sum(sizes[id(c)] for c in children)
+            if size > MAX_NODES:
+                raise ConfigError(
+                    source, "", f"expands to more than {MAX_NODES:,} values (YAML aliases)"
+                )
+            sizes[id(node)] = size
+        elif id(node) not in sizes:
+            if id(node) in open_nodes:
+                raise ConfigError(source, "", "holds a recursive YAML alias")
+            if depth >= MAX_DEPTH:
+                raise ConfigError(source, "", f"nests deeper than {MAX_DEPTH} levels")
+            open_nodes.add(id(node))
+            stack.append((node, True, depth))
+            stack.extend((c, False, depth + 1) for c in children if id(c) not in sizes)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def _check_schema(schema: str, data: Any, source: str) -> None:
@@ -280,15 +351,20 @@ def load_file(path: Path) -> ConfigFile:
     """Read and check a JSON or YAML config file; ConfigError on the first problem."""
     source = str(path)
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ConfigError(source, "", f"is larger than {MAX_FILE_BYTES:,} bytes")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(source, "", f"cannot be read ({exc.__class__.__name__}: {exc})") from None
     try:
-        data = yaml.safe_load(text)
-    except (yaml.YAMLError, ValueError) as exc:  # ValueError: e.g. an escape past U+10FFFF
-        raise ConfigError(source, "", f"is not valid JSON or YAML: {exc}") from None
+        data = _load_yaml(text, source)
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: e.g. an escape
+        # past U+10FFFF; the message of a YAML error quotes a line, never a whole document
+        why = exc if not isinstance(exc, RecursionError) else "nests too deep"
+        raise ConfigError(source, "", f"is not valid JSON or YAML: {why}") from None
     if data is None:
         data = {}
+    _check_depth(data, source)
     _check_schema("config-file", data, source)
     bots = _unique(
         [parse_bot(raw, f"{source}: bots[{i}]") for i, raw in enumerate(data.get("bots", []))],
@@ -364,6 +440,14 @@ class Registry:
             self._apply(kind, key, value)
         except ConfigError as exc:
             log.error("skipped %s config record: %s", kind, exc)
+        except Exception as exc:  # noqa: BLE001 - no config record may stop a worker
+            # a bug in a check: named by its class only (a message could quote the record)
+            log.error(
+                "skipped %s config record at key %r: internal error checking it (%s)",
+                kind,
+                (key or b"")[:200],
+                exc.__class__.__name__,
+            )
 
     def _apply(
         self, kind: Literal["bot", "connector"], key: bytes | None, value: bytes | None
@@ -380,10 +464,13 @@ class Registry:
             if table.pop(name, None) is not None:
                 log.info("%s %s deleted", kind, name)
             return
+        if len(value) > MAX_RECORD_BYTES:
+            raise ConfigError(source, "", f"is larger than {MAX_RECORD_BYTES:,} bytes")
         try:
-            data = json.loads(value)
-        except (UnicodeDecodeError, ValueError) as exc:
+            data = orjson.loads(value)  # its own depth bound (1024): no RecursionError
+        except orjson.JSONDecodeError as exc:
             raise ConfigError(source, "", f"is not valid JSON ({exc})") from None
+        _check_depth(data, source)
         parsed: Bot | Connector = (
             parse_bot(data, source) if kind == "bot" else parse_connector(data, source)
         )

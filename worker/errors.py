@@ -15,6 +15,8 @@ Messages never carry a secret value or a token: only names, paths and references
 
 from __future__ import annotations
 
+from worker.text import printable
+
 
 class SecureSessionError(Exception):
     """Base of every error raised by the worker."""
@@ -41,6 +43,8 @@ class ConfigError(SecureSessionError):
     """
 
     def __init__(self, source: str, field: str, why: str) -> None:
+        # all three may hold what a record's author chose: escaped and bounded
+        source, field, why = printable(source, 300), printable(field, 300), printable(why, 500)
         self.source = source
         self.field = field
         self.why = why

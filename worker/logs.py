@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from worker.text import printable
+
 FIELDS = ("organization", "bot", "session", "messageId", "partition", "offset", "connector")
 
 
@@ -38,16 +40,48 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc, default=str).decode()
 
 
+class _Escaped:
+    """A log argument shown with its control characters escaped (`%s` and `%r` alike)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return printable(str(self.value))
+
+    def __repr__(self) -> str:
+        return printable(repr(self.value))
+
+
+def _escaped_args(args: Any) -> Any:
+    if isinstance(args, tuple):
+        return tuple(a if isinstance(a, (int, float)) else _Escaped(a) for a in args)
+    return args  # a mapping (`%(name)s`): Faust's and aiokafka's own lines only
+
+
 class TextFormatter(logging.Formatter):
-    """`[time] [LEVEL] message  field=value …`."""
+    """`[time] [LEVEL] message  field=value …`. The arguments of a line and its fields,
+    which may hold what a user or a tenant sent (a session id, an identity, a config
+    key), have their control characters escaped: a line break in them cannot start a
+    forged line. The message templates, the worker's and its libraries' own (Faust's
+    tables span lines), are kept as they are."""
 
     def __init__(self) -> None:
         super().__init__("[%(asctime)s] [%(levelname)s] %(message)s")
 
+    def format(self, record: logging.LogRecord) -> str:
+        if record.args:
+            record = logging.makeLogRecord({**record.__dict__, "args": _escaped_args(record.args)})
+        return super().format(record)
+
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
         line = super().formatMessage(record)
         fields = _fields(record)
-        return line + "  " + " ".join(f"{k}={v}" for k, v in fields.items()) if fields else line
+        if not fields:
+            return line
+        return line + "  " + " ".join(f"{k}={printable(str(v))}" for k, v in fields.items())
 
 
 class Throttle(logging.Filter):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import orjson
@@ -136,3 +137,59 @@ def test_a_yaml_escape_past_unicode_is_refused_not_raised(tmp_path: Path) -> Non
     path.write_text('bots:\n- Name: "\\U00110000"\n')
     with pytest.raises(ConfigError, match="is not valid JSON or YAML"):
         load_file(path)
+
+
+def test_no_config_record_of_any_depth_or_size_stops_the_follower() -> None:
+    """Issue 17: a 10 KB record nested 5,000 deep raised RecursionError out of the follower
+    (the worker exited, and again at every restart)."""
+    reg = Registry()
+    for value in (
+        b"[" * 5000 + b"]" * 5000,
+        b'{"Name":' * 3000 + b"1" + b"}" * 3000,
+        b"x" * 2_000_000,
+    ):
+        reg.apply("bot", b"acme/b", value)  # logged and skipped
+    assert reg.bot("acme", "b") is None
+    nested = {**BOT, "Extra": 1}
+    for _ in range(70):
+        nested = {"Wrap": nested}
+    with pytest.raises(ConfigError, match="nests deeper than 64 levels"):
+        reg._apply("bot", b"acme/b", orjson.dumps(nested))
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        # a billion laughs: 9 levels of 10 aliases each
+        (
+            "a: &a [x,x,x,x,x,x,x,x,x,x]\n"
+            + "".join(
+                f"{n}: &{n} [{','.join(['*' + p] * 10)}]\n"
+                for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+            )
+            + "bots: []\n",
+            "expands to more than",
+        ),
+        ("bots: &b\n- *b\n", "recursive YAML alias"),
+        ("bots:" + " [" * 200 + " ]" * 200 + "\n", "nests deeper than"),
+    ],
+)
+def test_yaml_bombs_are_refused_quickly(tmp_path: Path, text: str, why: str) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=why):
+        load_file(path)
+    assert time.monotonic() - started < 2
+
+
+def test_a_file_too_large_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text("bots: []\n" + "#" * 5_000_000)
+    with pytest.raises(ConfigError, match="is larger than"):
+        load_file(path)
+
+
+def test_config_errors_are_escaped_and_bounded() -> None:
+    err = ConfigError("bot record 'a\nb'", "Name\x1b[2J", "x" * 10_000)
+    assert "\n" not in str(err) and "\x1b" not in str(err) and len(str(err)) < 1_000

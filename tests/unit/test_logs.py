@@ -66,3 +66,17 @@ def test_http_client_request_lines_never_show_even_at_debug() -> None:
     finally:
         for name, level in before.items():
             logging.getLogger(name).setLevel(level)
+
+
+def test_text_lines_cannot_be_forged_by_what_users_send() -> None:
+    """Issue 17: a line break in a session id, an identity or a config key started a fake
+    line in the text format; terminal escapes went out raw."""
+    forged = "s1\n[2026-12-02 10:00:00,000] [INFO] admin logged in\x1b]0;pwned\x07"
+    rec = record(
+        "w", logging.INFO, "identity changed in session: %s -> %r", forged, forged, session=forged
+    )
+    line = TextFormatter().format(rec)
+    assert "\n" not in line and "\x1b" not in line and "\x07" not in line
+    assert "s1\\n[2026" in line and "\\x1b]0;pwned\\x07" in line
+    template = record("w", logging.INFO, "Highwater:\n%s", "ok")  # a library's layout stays
+    assert TextFormatter().format(template).endswith("[INFO] Highwater:\nok")
