@@ -168,6 +168,7 @@ def create_app(
         send=send,
         topics=t,
         max_held=settings.max_held_messages,
+        max_record_bytes=settings.kafka.max_record_bytes,
         metrics=metrics,
         run_as=lambda origin, fn, *args: faust_tuning.run_as_current(app, origin, fn, *args),
         forget=forget,

@@ -70,7 +70,9 @@ class SessionState:
     @staticmethod
     def decode(raw: bytes | None) -> SessionState | None:
         """The state in `raw`; None for a missing or unreadable value (treated as unknown)."""
-        return None if raw is None else _decode(raw)
+        if raw is None:
+            return None
+        return _decode(raw) if len(raw) <= 4096 else _decode.__wrapped__(raw)
 
 
 @functools.lru_cache(maxsize=2**16)  # a session's messages read the same value again and again

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,11 @@ AuditKind = Literal["validation", "blocked", "session_ended"]
 
 _REQUIRED = ("id", "organization", "bot", "sessionId")
 MAX_ECHO_BYTES = 256 * 1024
+MAX_ID_CHARS = 1024
+"""An event's id, organization, bot and sessionId: longer ones are invalid (they are
+copied into every output record, its key and the metrics' labels)."""
+MAX_CACHED_BYTES = 4096
+"""Values longer than this are not kept in the decoding caches (bounded by bytes too)."""
 """Inbound values larger than this are not copied into blocked records."""
 
 
@@ -80,6 +86,8 @@ def parse_inbound(value: bytes | None) -> Inbound:
             if v is None:
                 raise InvalidEvent(f"field {name!r} is missing")
             raise InvalidEvent(f"field {name!r} must be a non-empty string")
+        if len(v) > MAX_ID_CHARS:
+            raise InvalidEvent(f"field {name!r} is longer than {MAX_ID_CHARS:,} characters")
     kind = doc.get("type", "message")
     if kind not in ("message", "session_end"):
         raise InvalidEvent("field 'type' must be 'message' or 'session_end'")
@@ -96,14 +104,22 @@ def parse_inbound(value: bytes | None) -> Inbound:
 
 def fingerprint(value: Any) -> str:
     """A short, stable hash of a credential (or of what is sent): never the value itself."""
-    if isinstance(value, str):
-        return _fingerprint_bytes(value.encode())
-    return _fingerprint_bytes(orjson.dumps(value, option=orjson.OPT_SORT_KEYS))
+    data = (
+        value.encode()
+        if isinstance(value, str)
+        else orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    )
+    if len(data) > MAX_CACHED_BYTES:  # the cache is bounded by bytes as well as entries
+        return _fingerprint_of(data)
+    return _fingerprint_cached(data)
 
 
-@functools.lru_cache(maxsize=2**16)  # a session presents the same credential many times
-def _fingerprint_bytes(data: bytes) -> str:
+def _fingerprint_of(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()[:16]
+
+
+# a session presents the same credential many times: at most 2**16 x 4 KiB kept
+_fingerprint_cached = functools.lru_cache(maxsize=2**16)(_fingerprint_of)
 
 
 def redacted_event(
@@ -135,20 +151,20 @@ def redacted_event(
         if redact is not None:
             redact(doc)
         elif isinstance(doc.get("context"), (dict, list)):
-            doc["context"] = _fingerprint_strings(doc["context"])
+            doc["context"] = fingerprint_strings(doc["context"])
         orjson.dumps([doc])  # as deep as in a blocked record: too deep to write back?
     except (orjson.JSONEncodeError, RecursionError):
         return {"truncated": True, "bytes": len(raw)}
     return doc
 
 
-def _fingerprint_strings(value: Any) -> Any:
+def fingerprint_strings(value: Any) -> Any:
     if isinstance(value, str):
         return fingerprint(value)
     if isinstance(value, dict):
-        return {k: _fingerprint_strings(v) for k, v in value.items()}
+        return {k: fingerprint_strings(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_fingerprint_strings(v) for v in value]
+        return [fingerprint_strings(v) for v in value]
     return value
 
 
@@ -217,8 +233,7 @@ def audit_record(
     )
 
 
-@functools.lru_cache(maxsize=2**16)  # the same for every cached message of a session
-def allowed_headers(
+def _allowed_headers(
     reason: Reason, validated_at_ms: int, identity: str | None
 ) -> list[tuple[str, bytes]]:
     """The allowed record's headers; shared between records: never modify the list."""
@@ -228,5 +243,28 @@ def allowed_headers(
         ("secure-session-validated-at", str(validated_at_ms).encode()),
     ]
     if identity is not None:
-        headers.append(("secure-session-identity", identity.encode()))
+        headers.append(("secure-session-identity", identity_header(identity)))
     return headers
+
+
+_allowed_headers_cached = functools.lru_cache(maxsize=2**16)(_allowed_headers)
+
+
+def allowed_headers(
+    reason: Reason, validated_at_ms: int, identity: str | None
+) -> list[tuple[str, bytes]]:
+    """The allowed record's headers; shared between records: never modify the list. The
+    same for every cached message of a session: kept, unless the identity is long."""
+    if identity is not None and len(identity) > MAX_CACHED_BYTES:
+        return _allowed_headers(reason, validated_at_ms, identity)
+    return _allowed_headers_cached(reason, validated_at_ms, identity)
+
+
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def identity_header(identity: str) -> bytes:
+    """The identity as a header value: printable ASCII kept, everything else (line breaks,
+    escapes, non-ASCII) percent-encoded as UTF-8, `%` too, so that
+    `urllib.parse.unquote` always gives the identity back."""
+    return urllib.parse.quote(identity, safe=_HEADER_SAFE).encode()

@@ -43,6 +43,8 @@ from collections.abc import (
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
+
 from worker.config import Bot, Registry
 from worker.decide import Decision, SessionState, Validation, state_after, verdict
 from worker.decide import decide as decide_message
@@ -54,6 +56,8 @@ from worker.events import (
     allowed_headers,
     audit_record,
     blocked_record,
+    fingerprint,
+    fingerprint_strings,
     parse_inbound,
     redacted_event,
 )
@@ -65,6 +69,9 @@ from worker.validators.introspection import IntrospectionValidator
 from worker.validators.jwt import JwtValidator
 
 log = logging.getLogger(__name__)
+
+UNKNOWN_BOT_LABEL = "(none)"
+"""The metrics' bot label of decisions made without a bot's configuration."""
 
 
 class Send(Protocol):
@@ -377,24 +384,60 @@ class Pipeline:
         detail: str,
         redact: Callable[[dict[str, Any]], None] | None,
     ) -> None:
-        self.metrics.decided(reason, record.event.bot if record.event else "")
+        # labelled by configured bots only: an event's bot name is the sender's to choose
+        self.metrics.decided(reason, bot.name if bot is not None else UNKNOWN_BOT_LABEL)
         who = Who.of(record.event)
         now_ms = self._now_ms()
+        if redact is None:  # decided without a check: the bot's own paths, if it is known
+            redact = self._known_redaction(record)
         event = redacted_event(record.value, redact)
         error_message = bot.error_message if bot is not None else None
         key = _out_key(record)
-        await self._send(
-            self._topics.blocked,
-            key,
-            blocked_record(who, reason, detail, error_message, event, now_ms),
-            since=record.received,
-        )
+        value = blocked_record(who, reason, detail, error_message, event, now_ms)
+        if len(value) + len(key or b"") > self._max_record_bytes:
+            # a record the broker would refuse stops the worker at every restart: the
+            # event is not echoed, and the detail is cut (both marked)
+            cut = {"truncated": True, "bytes": len(record.value or b"")}
+            value = blocked_record(who, reason, detail[:1024], error_message, cut, now_ms)
+        await self._send(self._topics.blocked, key, value, since=record.received)
         await self._send(
             self._topics.audit,
             key,
             audit_record("blocked", who, now_ms, "blocked", reason, None, None),
         )
         self._done(record)
+
+    def _known_redaction(self, record: _Record) -> Callable[[dict[str, Any]], None] | None:
+        """For a record blocked before its check was made (invalid, internal error): the
+        credentials its bot's configuration reads, wherever they sit, and every string in
+        `context`, replaced by fingerprints. None when no configured bot is named."""
+        names: tuple[Any, Any]
+        if record.event is not None:
+            names = (record.event.organization, record.event.bot)
+        else:
+            try:
+                doc = orjson.loads(record.value or b"")
+            except orjson.JSONDecodeError:
+                return None
+            names = (doc.get("organization"), doc.get("bot")) if isinstance(doc, dict) else ("", "")
+        if not all(isinstance(n, str) for n in names):
+            return None
+        bot = self._registry.bot(*names)
+        if bot is None:
+            return None
+        connector = self._registry.connector(bot.organization, bot.api_alias or "")
+        paths = [m.input_path for m in connector.mappings] if connector is not None else []
+
+        def redact(doc: dict[str, Any]) -> None:
+            if bot.token_path is not None:
+                bot.token_path.replace(doc, fingerprint)
+            context = doc.get("context")
+            if isinstance(context, (dict, list)):
+                for path in paths:
+                    path.replace(context, fingerprint)
+                doc["context"] = fingerprint_strings(context)
+
+        return redact
 
     def _done(self, record: _Record) -> None:
         """Mark decided; ack the partition's head run of decided records, in offset order."""
@@ -473,8 +516,14 @@ class Pipeline:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
+MAX_KEY_BYTES = 4096
+"""An inbound key longer than this is not copied to the outputs: its fingerprint is."""
+
+
 def _out_key(record: _Record) -> bytes | None:
     if record.key is not None:
+        if len(record.key) > MAX_KEY_BYTES:  # stable: the same partition for the same key
+            return fingerprint(record.key.decode("utf-8", "replace")).encode()
         return record.key
     return record.event.session_id.encode() if record.event is not None else None
 

@@ -47,6 +47,10 @@ class KafkaTuning:
     max_poll_records: int = 5000
     """Records the consumer hands over at a time: aiokafka unpacks them in one go, and
     unbounded that is a whole fetch (up to 4 MB a partition), stalling the event loop."""
+    max_record_bytes: int = 1_000_000
+    """The largest record the worker writes (key and value): under Kafka's default
+    `message.max.bytes` (1,048,588) with room for headers. A larger decision record is cut
+    (blocked: the event not echoed) or, for an allowed record, blocked `invalid_event`."""
 
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -231,6 +235,7 @@ class Settings:
                     "KAFKA_PRODUCER_MAX_BATCH_SIZE", _positive(int), 262_144
                 ),
                 fetch_max_wait_ms=r.get("KAFKA_FETCH_MAX_WAIT_MS", _positive(int), 500),
+                max_record_bytes=r.get("KAFKA_MAX_RECORD_BYTES", _positive(int), 1_000_000),
                 producer_linger_ms=r.get("KAFKA_PRODUCER_LINGER_MS", _non_negative(int), 5),
                 max_poll_records=r.get("KAFKA_MAX_POLL_RECORDS", _positive(int), 5000),
             ),

@@ -100,3 +100,22 @@ def test_an_event_too_deep_to_write_back_is_not_echoed() -> None:
     )
     parse_inbound(raw)  # a valid event
     assert redacted_event(raw, None) == {"truncated": True, "bytes": len(raw)}
+
+
+@pytest.mark.parametrize(
+    ("identity", "header"),
+    [
+        ("alice@example.com", b"alice@example.com"),
+        ("evil\r\nX-Admin: 1", b"evil%0D%0AX-Admin: 1"),
+        ("\x1b]0;pwned\x07", b"%1B]0;pwned%07"),
+        ("zoë", b"zo%C3%AB"),
+        ("100%", b"100%25"),
+    ],
+)
+def test_identity_header_is_a_safe_value_that_decodes_back(identity: str, header: bytes) -> None:
+    import urllib.parse
+
+    from worker.events import identity_header
+
+    assert identity_header(identity) == header
+    assert urllib.parse.unquote(header.decode()) == identity

@@ -356,3 +356,28 @@ async def test_helpers_reading_internals_fail_loudly(caplog: pytest.LogCaptureFi
     assert [r.getMessage().split(" ")[0] for r in caplog.records] == ["kafka_connected", "lag"]
     text = generate_latest(Metrics().registry).decode()
     assert 'secure_session_seam_errors_total{helper="lag"}' in text
+
+
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_a_negative_recovery_seek_reads_from_the_start() -> None:
+    """Seen in the close-faults soak: Faust's recovery asked aiokafka to seek a standby
+    changelog partition to a negative offset mid-rebalance; aiokafka raised, the worker
+    stopped. Here aiokafka's own seek check runs on what reaches it."""
+    app = faust.App("seek-test", broker="kafka://127.0.0.1:1")
+    faust_tuning.install(app, fetch_max_wait_ms=7)
+    thread = app.consumer._thread
+    seeks: list[tuple[Any, int]] = []
+
+    def seek(tp: Any, offset: int) -> None:
+        if offset < 0:  # as AIOKafkaConsumer.seek
+            raise ValueError("Offset must be a positive integer")
+        seeks.append((tp, offset))
+
+    async def position(tp: Any) -> int:
+        return 0
+
+    thread._ensure_consumer = lambda: SimpleNamespace(seek=seek, position=position)
+    tp, other = faust.types.TP("changelog", 0), faust.types.TP("changelog", 1)
+    await thread.seek_wait({tp: -2, other: 7})
+    assert sorted(seeks) == [(tp, 0), (other, 7)]
