@@ -79,7 +79,7 @@ def worker() -> None:
         from worker.metrics import serve
 
         metrics, ready = app.pipeline.metrics, app.ready  # type: ignore[attr-defined]
-        loop.run_until_complete(serve(metrics, ready, settings.web_port))
+        loop.run_until_complete(serve(metrics, ready, settings.web_port, settings.web_host))
     w = _worker_class()(
         app, loglevel=settings.log_level, logging_config=log_config, quiet=True, loop=loop
     )
@@ -326,6 +326,7 @@ def sessions_show(org: str, bot: str, session: str, as_json: bool) -> None:
 
     import orjson
 
+    from worker.text import printable
     from worker.tools import session_state
 
     try:
@@ -339,7 +340,7 @@ def sessions_show(org: str, bot: str, session: str, as_json: bool) -> None:
         s = held.state
         if s is None:
             gone = "expired or deleted" if held.offset is not None else "never validated"
-            click.echo(f"{held.key}: no state ({gone}; {where})")
+            click.echo(f"{printable(held.key)}: no state ({gone}; {where})")
         else:
             ago = time.time() - s.validated_at_ms / 1000
             stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(s.validated_at_ms / 1000))
@@ -349,11 +350,11 @@ def sessions_show(org: str, bot: str, session: str, as_json: bool) -> None:
                 else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(s.expires_at_ms / 1000))
             )
             click.echo(
-                f"{held.key} ({where}, offset {held.offset})\n"
+                f"{printable(held.key)} ({where}, offset {held.offset})\n"
                 f"  last validation  {stamp} ({ago:.0f} s ago)\n"
                 f"  outcome          {'allowed' if s.allowed else 'denied'}\n"
-                f"  identity         {s.identity or '-'}\n"
-                f"  fingerprint      {s.fingerprint}\n"
+                f"  identity         {printable(s.identity or '-')}\n"
+                f"  fingerprint      {printable(s.fingerprint)}\n"
                 f"  token expires    {expires}"
             )
     if held.state is None:
@@ -388,6 +389,9 @@ def token_mint(issuer: str, identity: str, secret_ref: str, ttl: int, kid: str |
 
 @main.command("demo-api")
 @click.option("--port", default=8080, show_default=True)
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="address to listen on (0.0.0.0: all)"
+)
 @click.option("--api-key", envvar="DEMO_API_KEY", default="demo-api-key", show_default=True)
 @click.option(
     "--token",
@@ -398,7 +402,7 @@ def token_mint(issuer: str, identity: str, secret_ref: str, ttl: int, kid: str |
     help="TOKEN=IDENTITY accepted by the API",
 )
 @click.option("--latency", default=0.0, show_default=True, help="seconds before each answer")
-def demo_api(port: int, api_key: str, tokens: tuple[str, ...], latency: float) -> None:
+def demo_api(port: int, host: str, api_key: str, tokens: tuple[str, ...], latency: float) -> None:
     """Serve the reference Authorization API (POST /VerifyToken)."""
     from aiohttp import web
 
@@ -409,7 +413,7 @@ def demo_api(port: int, api_key: str, tokens: tuple[str, ...], latency: float) -
         tokens=dict(t.split("=", 1) for t in tokens),
         default_delay_s=latency,
     )
-    web.run_app(api.app(), host="0.0.0.0", port=port, access_log=None)  # noqa: S104
+    web.run_app(api.app(), host=host, port=port, access_log=None)
 
 
 @main.command()

@@ -219,7 +219,9 @@ class _Live(Collector):
         yield lag
 
 
-async def serve(metrics: Metrics, ready: Callable[[], bool], port: int) -> web.AppRunner | None:
+async def serve(
+    metrics: Metrics, ready: Callable[[], bool], port: int, host: str = "127.0.0.1"
+) -> web.AppRunner | None:
     """Start the server; None (and an error logged) when the port cannot be used."""
 
     async def scrape(_: web.Request) -> web.Response:
@@ -241,10 +243,10 @@ async def serve(metrics: Metrics, ready: Callable[[], bool], port: int) -> web.A
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, "0.0.0.0", port).start()  # noqa: S104 - a service port
+        await web.TCPSite(runner, host, port).start()
     except OSError as exc:
         log.error("metrics and health server not started: port %d: %s", port, exc)
         await runner.cleanup()
         return None
-    log.info("metrics on :%d/metrics, health on /healthz and /readyz", port)
+    log.info("metrics on %s:%d/metrics, health on /healthz and /readyz", host, port)
     return runner

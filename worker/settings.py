@@ -131,6 +131,8 @@ class Settings:
     data_dir: Path = Path("secure-session-data")
     web_enabled: bool = True
     web_port: int = 6066
+    web_host: str = "0.0.0.0"  # noqa: S104 - every interface: a container's port mapping
+    """Address the metrics and health server listens on (127.0.0.1: this host only)."""
     max_held_messages: int = 10_000
     max_concurrent_calls: int = 100
     http_retries: int = 2
@@ -193,6 +195,7 @@ class Settings:
             data_dir=r.get("SECURE_SESSION_DATA_DIR", Path, d.data_dir),
             web_enabled=r.get("SECURE_SESSION_WEB_ENABLED", _bool, d.web_enabled),
             web_port=r.get("SECURE_SESSION_WEB_PORT", _positive(int), d.web_port),
+            web_host=r.get("SECURE_SESSION_WEB_HOST", str, d.web_host),
             max_held_messages=r.get(
                 "SECURE_SESSION_MAX_HELD_MESSAGES", _positive(int), d.max_held_messages
             ),

@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaError
 from worker.decide import SessionState
 from worker.kafka import changelog_topic, client_options, partition_for
 from worker.settings import Settings
+from worker.text import printable
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,8 @@ def audit_line(doc: dict[str, Any]) -> str:
         how = f"  {v.get('type')}:{v.get('connector') or '-'}"
         how += f" {status if status is not None else '-'} {v.get('latencyMs', 0):.0f}ms"
     who = f"  identity={doc['identity']}" if doc.get("identity") else ""
-    return (
+    # what events and APIs sent is shown escaped: no control sequence reaches a terminal
+    return printable(
         f"{at}Z  {doc.get('kind', '?'):<14} {doc.get('decision') or '-':<8} "
         f"{doc.get('reason') or '-':<26} {doc.get('organization')}/{doc.get('bot')}  "
         f"{doc.get('sessionId')}  {doc.get('messageId') or '-'}{who}{how}"

@@ -148,3 +148,12 @@ def test_mutual_tls_presents_the_client_certificate(pki: Path) -> None:
     subject, request_bytes = seen[0]  # type: ignore[misc]
     assert subject == ((("commonName", "localhost"),),)
     assert request_bytes == 4
+
+
+def test_listen_addresses_are_settings_and_the_demo_api_stays_on_loopback() -> None:
+    from worker.cli import demo_api
+
+    assert Settings.from_env({"SECURE_SESSION_WEB_HOST": "127.0.0.1"}).web_host == "127.0.0.1"
+    assert Settings.from_env({}).web_host == "0.0.0.0"  # noqa: S104 - containers
+    host = next(p for p in demo_api.params if p.name == "host")
+    assert host.default == "127.0.0.1"

@@ -64,3 +64,25 @@ def test_decision_lines_show_a_dash_for_what_an_unparsed_event_lacks() -> None:
         {"secure-session-reason": b"cached"},
     )
     assert allowed.endswith("s-1            securebot  m-1")
+
+
+def test_what_events_carry_never_reaches_the_terminal_raw() -> None:
+    """Issue 17: escape sequences (window title, screen clear) went out raw, and rich
+    markup in event text was rendered (a bot named "[/]" froze the live view)."""
+    hostile = "[/][bold red]x[/] \x1b]0;pwned\x07\x1b[2J"
+    view = DevView(calls=lambda: 0)
+    blocked = {"reason": "denied", "detail": hostile, "sessionId": hostile, "bot": "[/]"}
+    view.feed("blocked", record(blocked, [], 0))
+    view.feed("allowed", record({"id": "m"}, [("secure-session-reason", hostile.encode())], 0))
+    text = screen(view)  # rendered, not frozen or raised
+    assert "\x1b" not in text and "[bold red]" in text
+    shown = line("blocked", hostile.encode(), orjson.dumps(blocked), {})
+    assert "\x1b]0" not in shown and "\x07" not in shown and "\\x1b]0;pwned\\x07" in shown
+
+
+def test_audit_lines_are_escaped() -> None:
+    from worker.tools import audit_line
+
+    doc = {"time": 0, "kind": "validation", "sessionId": "s\n2026 fake line", "identity": "\x1b[2J"}
+    out = audit_line(doc)
+    assert "\n" not in out and "\x1b" not in out

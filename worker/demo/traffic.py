@@ -18,6 +18,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from worker.settings import Topics
+from worker.text import printable
 
 DEMO_TOPICS = Topics()
 USERS = {"conv-alice": "valid-token-alice", "conv-bob": "valid-token-bob"}
@@ -54,16 +55,17 @@ def demo_event(n: int) -> tuple[bytes | None, bytes]:
 
 
 def line(topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes]) -> str:
-    session = key.decode(errors="replace") if key else "-"
+    """One decision as a line; what events carry is shown escaped (no terminal control)."""
+    session = printable(key.decode(errors="replace")) if key else "-"
     if topic == "allowed":
         doc = orjson.loads(value)
-        reason = headers.get("secure-session-reason", b"").decode()
-        what = f"{doc.get('bot') or '-'}  {doc.get('id') or '-'}"
+        reason = printable(headers.get("secure-session-reason", b"").decode(errors="replace"))
+        what = printable(f"{doc.get('bot') or '-'}  {doc.get('id') or '-'}")
         return f"{COLOR['allowed']}ALLOWED {reason:<26}{RESET} {session:<14} {what}"
     doc = orjson.loads(value)
+    what = printable(f"{doc.get('bot') or '-'}  {doc.get('messageId') or '-'}  ({doc['detail']})")
     return (
-        f"{COLOR['blocked']}BLOCKED {doc['reason']:<26}{RESET} {session:<14} "
-        f"{doc.get('bot') or '-'}  {doc.get('messageId') or '-'}  ({doc['detail']})"
+        f"{COLOR['blocked']}BLOCKED {printable(str(doc['reason'])):<26}{RESET} {session:<14} {what}"
     )
 
 

@@ -19,6 +19,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from worker.text import printable
+
 ALLOWED = "green"
 BLOCKED = "red"
 
@@ -79,7 +81,10 @@ class DevView:
         decisions.add_column("share", justify="right")
         for (kind, reason), n in sorted(self.reasons.items(), key=lambda kv: (kv[0][0], -kv[1])):
             style = ALLOWED if kind == "allowed" else BLOCKED
-            decisions.add_row(Text(kind.upper(), style=style), reason, str(n), f"{n / total:.0%}")
+            # what events carry is never rich markup: Text, escaped (a bot named "[/]" froze it)
+            decisions.add_row(
+                Text(kind.upper(), style=style), Text(printable(reason)), str(n), f"{n / total:.0%}"
+            )
         numbers = Table.grid(padding=(0, 2))
         numbers.add_row("messages decided", f"{total} ({total / elapsed:.1f}/s)")
         numbers.add_row(
@@ -92,7 +97,12 @@ class DevView:
         for column in ("time", "reason", "session", "detail"):
             blocked.add_column(column)
         for row in reversed(self.last_blocked):
-            blocked.add_row(row[0], Text(row[1], style=BLOCKED), row[2], row[3])
+            blocked.add_row(
+                row[0],
+                Text(printable(row[1]), style=BLOCKED),
+                Text(printable(row[2])),
+                Text(printable(row[3])),
+            )
         return Group(
             Panel(numbers, title="secure-session dev", subtitle="Ctrl-C stops everything"),
             decisions,
