@@ -107,7 +107,9 @@ def create_app(
         value_type=bytes,
         **_store_settings(settings),
     )
-    transport = new_transport(settings.max_concurrent_calls)
+    transport = new_transport(
+        settings.max_concurrent_calls, public_only=not settings.allow_insecure_endpoints
+    )
     http = Http(
         transport,
         retries=settings.http_retries,

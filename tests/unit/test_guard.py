@@ -57,3 +57,36 @@ async def test_allow_list_matches_scheme_host_and_port() -> None:
 def test_bad_allow_list_entries_are_refused() -> None:
     with pytest.raises(ValueError, match="scheme://host"):
         Allowed.parse("ftp://x")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://[::ffff:127.0.0.1]/v",  # IPv4-mapped
+        "https://[::127.0.0.1]/v",  # IPv4-compatible
+        "https://[64:ff9b::a9fe:a9fe]/v",  # NAT64 of 169.254.169.254
+        "https://[2002:7f00:1::]/v",  # 6to4 of 127.0.0.1
+        "https://[2002:a00:1::]/v",  # 6to4 of 10.0.0.1
+        "https://127.0.0.1./v",  # a trailing dot
+        "https://localhost./v",
+        "https://does-not-resolve.invalid/v",
+    ],
+)
+async def test_embedded_ipv4_trailing_dots_and_unresolvable_names_are_refused(url: str) -> None:
+    with pytest.raises(Misconfigured, match="non-public|does not resolve"):
+        await STRICT.check(httpx.URL(url))
+
+
+async def test_the_connection_resolves_to_checked_public_addresses_only() -> None:
+    """DNS rebinding: a name checked as public, then re-resolved to a private address at
+    connection time, finds nothing to connect to."""
+    from worker.validators.guard import GuardedResolver
+
+    resolver = GuardedResolver()
+    try:
+        with pytest.raises(OSError, match="no public address"):
+            await resolver.resolve("localhost", 443)
+        with pytest.raises(OSError, match="no public address"):
+            await resolver.resolve("127.0.0.1", 443)
+    finally:
+        await resolver.close()

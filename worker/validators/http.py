@@ -24,22 +24,24 @@ import yarl
 
 from worker import __version__
 from worker.errors import Misconfigured
-from worker.validators.guard import EndpointGuard
+from worker.validators.guard import EndpointGuard, GuardedResolver
 
 
 def new_transport(
-    max_connections: int, verify: ssl.SSLContext | bool = True
+    max_connections: int, verify: ssl.SSLContext | bool = True, *, public_only: bool = False
 ) -> httpx.AsyncBaseTransport:
     """What sends the worker's requests (`httpx.Request`, built by the validators): aiohttp,
     a pool sized to the calls allowed at once, no redirects followed, no cookies kept, no
     proxy from the environment; `verify`: certificates checked against the system's CAs
-    (httpx's), or this context's.
+    (httpx's), or this context's; `public_only`: connections only to public addresses,
+    checked at connection time (guard.GuardedResolver: no DNS rebinding).
 
     There is no httpx client in between: its layers (auth, redirects, a cookie jar: a
     cookie one user's validation got back must never go out with another user's call)
     are what the worker does not want, and they cost a quarter of a call's CPU.
     """
-    return _Transport(max_connections, httpx.create_ssl_context(verify, trust_env=False))
+    tls = httpx.create_ssl_context(verify, trust_env=False)
+    return _Transport(max_connections, tls, public_only=public_only)
 
 
 _FAULTS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
@@ -72,9 +74,10 @@ class _Transport(httpx.AsyncBaseTransport):
     connectors' mappings, auth and tests use its API).
     """
 
-    def __init__(self, max_connections: int, tls: ssl.SSLContext) -> None:
+    def __init__(self, max_connections: int, tls: ssl.SSLContext, *, public_only: bool) -> None:
         self._max_connections = max_connections
         self._tls = tls
+        self._public_only = public_only
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
@@ -84,6 +87,7 @@ class _Transport(httpx.AsyncBaseTransport):
                 limit=self._max_connections,
                 ssl=self._tls,
                 keepalive_timeout=5,  # idle connections kept 5 s, as httpx's pool did
+                resolver=GuardedResolver() if self._public_only else None,
             ),
             cookie_jar=aiohttp.DummyCookieJar(),  # never kept (see new_transport)
             # a connector's own User-Agent header, if it has one, wins over this default
