@@ -22,7 +22,7 @@ from worker.pipeline import Pipeline
 from worker.settings import Settings
 from worker.validators.auth import ConnectorAuth
 from worker.validators.baas import BaasValidator
-from worker.validators.calls import ConnectorCalls
+from worker.validators.calls import ConnectorCalls, TenantLimits
 from worker.validators.circuit import CircuitBreaker
 from worker.validators.guard import Allowed, EndpointGuard
 from worker.validators.http import Http, new_transport
@@ -123,7 +123,10 @@ def create_app(
     )
     vault = Vault(settings.secrets_dir, settings.environ)
     breaker = CircuitBreaker(settings.circuit_failures, settings.circuit_cooldown_s)
-    calls = ConnectorCalls(http, ConnectorAuth(http, vault), breaker)
+    limits = TenantLimits(
+        settings.max_calls_per_org, settings.max_calls_per_connector, settings.max_queued_calls
+    )
+    calls = ConnectorCalls(http, ConnectorAuth(http, vault), breaker, limits)
 
     def delivery_failed(exc: BaseException) -> None:
         # at least once: never let a commit pass a record that was not written

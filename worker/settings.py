@@ -135,6 +135,12 @@ class Settings:
     """Address the metrics and health server listens on (127.0.0.1: this host only)."""
     max_held_messages: int = 10_000
     max_concurrent_calls: int = 100
+    max_calls_per_org: int = 25
+    """Calls one organization may have in flight: a slow or flooded API of one tenant holds
+    at most this many of `max_concurrent_calls`."""
+    max_calls_per_connector: int = 25
+    max_queued_calls: int = 1000
+    """Calls that may wait for a connector's slot; beyond, a call is `unavailable` at once."""
     http_retries: int = 2
     http_backoff_s: float = 0.2
     http_connect_timeout_s: float = 2.0
@@ -201,6 +207,15 @@ class Settings:
             ),
             max_concurrent_calls=r.get(
                 "SECURE_SESSION_MAX_CONCURRENT_CALLS", _positive(int), d.max_concurrent_calls
+            ),
+            max_calls_per_org=r.get(
+                "SECURE_SESSION_MAX_CALLS_PER_ORG", _positive(int), d.max_calls_per_org
+            ),
+            max_calls_per_connector=r.get(
+                "SECURE_SESSION_MAX_CALLS_PER_CONNECTOR", _positive(int), d.max_calls_per_connector
+            ),
+            max_queued_calls=r.get(
+                "SECURE_SESSION_MAX_QUEUED_CALLS", _positive(int), d.max_queued_calls
             ),
             http_retries=r.get("SECURE_SESSION_HTTP_RETRIES", _non_negative(int), d.http_retries),
             http_backoff_s=r.get(

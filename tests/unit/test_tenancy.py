@@ -150,3 +150,66 @@ def test_a_literal_credential_where_a_reference_belongs_is_not_echoed() -> None:
             parse(record, "src")  # type: ignore[operator]
         assert "hunter2" not in str(err.value)
         assert "vault reference" in str(err.value)
+
+
+async def test_one_tenants_hanging_api_delays_no_other_tenants_validations() -> None:
+    """Issue 17: one global limit of concurrent calls let one tenant take every slot."""
+    import asyncio
+    import time
+
+    import httpx
+
+    from worker.events import parse_inbound
+    from worker.validators.auth import ConnectorAuth
+    from worker.validators.baas import BaasValidator
+    from worker.validators.calls import ConnectorCalls, TenantLimits
+    from worker.validators.circuit import CircuitBreaker
+    from worker.validators.http import Http
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.host == "slow.example.com":
+            await asyncio.sleep(30)  # hangs (the test ends long before)
+        return httpx.Response(200)
+
+    vault = Vault(None, {})
+    http = Http(
+        httpx.MockTransport(handler), retries=0, backoff_s=0, connect_timeout_s=1, max_concurrent=20
+    )
+    limits = TenantLimits(per_org=5, per_connector=5, queued=50)
+    calls = ConnectorCalls(http, ConnectorAuth(http, vault), CircuitBreaker(100, 1), limits)
+    baas = BaasValidator(calls, vault)
+
+    def call(org: str, n: int) -> Any:
+        con = parse_connector(
+            {
+                "Alias": "A",
+                "Organization": org,
+                "Method": "POST",
+                "Endpoint": f"https://{'slow' if org == 'evil' else 'fast'}.example.com/v",
+                "TimeoutSeconds": 60,
+                "RequestMapping": {"t": {"type": "header", "name": "X-T", "inputPath": "$.t"}},
+            },
+            "t",
+        )
+        doc = {
+            "id": "m",
+            "organization": org,
+            "bot": "b",
+            "sessionId": f"s{n}",
+            "context": {"t": f"t{n}"},
+        }
+        return baas.prepare(None, con, parse_inbound(orjson.dumps(doc)))  # type: ignore[arg-type]
+
+    flood = [asyncio.create_task(baas.validate(call("evil", n))) for n in range(200)]
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    results = await asyncio.gather(*(baas.validate(call("acme", n)) for n in range(100)))
+    assert time.monotonic() - started < 2
+    assert {r.outcome for r, _ in results} == {"allowed"}
+    # the flood beyond its queue bound was answered at once, not queued without end
+    done = [t.result()[0] for t in flood if t.done()]
+    assert len(done) >= 200 - 5 - 50 and {r.outcome for r in done} == {"unavailable"}
+    assert "calls waiting" in done[0].detail
+    for t in flood:
+        t.cancel()
+    await asyncio.gather(*flood, return_exceptions=True)
