@@ -14,6 +14,7 @@ from faust.types import TP, Message
 
 from worker import faust_tuning, store
 from worker.config import Registry
+from worker.events import configure_fingerprints
 from worker.expiry import sweep
 from worker.kafka import client_options, follow_config, partition_for
 from worker.metrics import Metrics
@@ -91,6 +92,14 @@ def create_app(
 ) -> faust.App:
     """The worker's Faust app; `partitions`: the data topics' counts (kafka.ensure_topics)."""
     t = settings.topics
+    if settings.fingerprint_key is not None:
+        configure_fingerprints(settings.fingerprint_key)
+    else:
+        log.warning(
+            "SECURE_SESSION_FINGERPRINT_KEY is not set: credential fingerprints in blocked and "
+            "audit records are unkeyed, and a short credential (a PIN, a one-time code) can be "
+            "guessed from them offline; set a key of at least 32 bytes (docs/threat-model.md)"
+        )
     inbound_partitions = partitions[t.inbound]
     app = faust.App(settings.app_id, **faust_settings(settings, inbound_partitions))
     faust_tuning.install(app, fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
+import hmac
 import urllib.parse
 import uuid
 from collections.abc import Callable
@@ -102,8 +102,30 @@ def parse_inbound(value: bytes | None) -> Inbound:
     return Inbound(doc["id"], doc["organization"], doc["bot"], doc["sessionId"], kind, context, doc)
 
 
+DEFAULT_FINGERPRINT_KEY = b"secure-session: no fingerprint key set (not secret)"
+"""Used when SECURE_SESSION_FINGERPRINT_KEY is not set: then a fingerprint is as good as
+an unsalted hash, and a short credential (a PIN, a one-time code) can be guessed offline
+from the blocked and audit records. The worker says so at start."""
+_key = DEFAULT_FINGERPRINT_KEY
+_on_key_change: list[Callable[[], None]] = []
+
+
+def configure_fingerprints(key: bytes) -> None:
+    """Key every fingerprint from now on (HMAC-SHA256 under `key`); cached ones are dropped."""
+    global _key
+    _key = key
+    _fingerprint_cached.cache_clear()
+    for clear in _on_key_change:
+        clear()
+
+
+def on_fingerprint_key_change(clear: Callable[[], None]) -> None:
+    """Register a cache of fingerprints to drop when the key changes."""
+    _on_key_change.append(clear)
+
+
 def fingerprint(value: Any) -> str:
-    """A short, stable hash of a credential (or of what is sent): never the value itself."""
+    """A short, keyed hash of a credential (or of what is sent): never the value itself."""
     data = (
         value.encode()
         if isinstance(value, str)
@@ -115,7 +137,7 @@ def fingerprint(value: Any) -> str:
 
 
 def _fingerprint_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()[:16]
+    return "sha256:" + hmac.digest(_key, data, "sha256").hex()[:16]
 
 
 # a session presents the same credential many times: at most 2**16 x 4 KiB kept

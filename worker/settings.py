@@ -53,6 +53,23 @@ class KafkaTuning:
     (blocked: the event not echoed) or, for an allowed record, blocked `invalid_event`."""
 
 
+def _fingerprint_key(env: Mapping[str, str]) -> bytes | None:
+    """SECURE_SESSION_FINGERPRINT_KEY (the value) or SECURE_SESSION_FINGERPRINT_KEY_FILE."""
+    value = env.get("SECURE_SESSION_FINGERPRINT_KEY")
+    name = "SECURE_SESSION_FINGERPRINT_KEY"
+    if value is None and (path := env.get("SECURE_SESSION_FINGERPRINT_KEY_FILE")):
+        name = "SECURE_SESSION_FINGERPRINT_KEY_FILE"
+        try:
+            value = Path(path).read_text(encoding="utf-8").rstrip("\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(name, f"cannot be read ({exc.__class__.__name__})") from None
+    if value is None:
+        return None
+    if len(value.encode()) < 32:
+        raise SettingsError(name, "must be at least 32 bytes (the value is not shown)")
+    return value.encode()
+
+
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -135,6 +152,9 @@ class Settings:
     """Address the metrics and health server listens on (127.0.0.1: this host only)."""
     max_held_messages: int = 10_000
     max_concurrent_calls: int = 100
+    fingerprint_key: bytes | None = None
+    """Keys the fingerprints of credentials in blocked and audit records and in the session
+    state (HMAC-SHA256); None: an unkeyed default (warned about at start)."""
     max_calls_per_org: int = 25
     """Calls one organization may have in flight: a slow or flooded API of one tenant holds
     at most this many of `max_concurrent_calls`."""
@@ -208,6 +228,7 @@ class Settings:
             max_concurrent_calls=r.get(
                 "SECURE_SESSION_MAX_CONCURRENT_CALLS", _positive(int), d.max_concurrent_calls
             ),
+            fingerprint_key=_fingerprint_key(env),
             max_calls_per_org=r.get(
                 "SECURE_SESSION_MAX_CALLS_PER_ORG", _positive(int), d.max_calls_per_org
             ),

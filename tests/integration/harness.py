@@ -209,6 +209,7 @@ class Harness:
         env |= {
             "SECURE_SESSION_APP_ID": self.app_id,
             "SECURE_SESSION_SECRETS_DIR": str(self.secrets),
+            "SECURE_SESSION_FINGERPRINT_KEY": "test-fingerprint-key-0123456789abcdef",
             "SECURE_SESSION_DATA_DIR": str(self.tmp / "data"),
             "SECURE_SESSION_WEB_ENABLED": "0",
             "SECURE_SESSION_ALLOW_INSECURE_ENDPOINTS": "1",

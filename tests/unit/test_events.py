@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.errors import InvalidEvent
+from worker.errors import InvalidEvent, SettingsError
 from worker.events import fingerprint, parse_inbound, redacted_event
 from worker.jsonpath import JsonPath
 
@@ -119,3 +120,32 @@ def test_identity_header_is_a_safe_value_that_decodes_back(identity: str, header
 
     assert identity_header(identity) == header
     assert urllib.parse.unquote(header.decode()) == identity
+
+
+def test_fingerprints_are_keyed_and_the_key_is_a_setting(tmp_path: Path) -> None:
+    """Issue 17: 64 bits of an unsalted SHA-256 let a short credential (a PIN) be guessed
+    offline from a blocked or audit record."""
+    import hashlib
+
+    from worker.events import DEFAULT_FINGERPRINT_KEY, configure_fingerprints, fingerprint
+    from worker.settings import Settings
+
+    pin = "4711"
+    assert fingerprint(pin) != "sha256:" + hashlib.sha256(pin.encode()).hexdigest()[:16]
+    unkeyed = fingerprint(pin)
+    try:
+        configure_fingerprints(b"k" * 32)
+        keyed = fingerprint(pin)
+        assert keyed != unkeyed and keyed.startswith("sha256:") and len(keyed) == 23
+        configure_fingerprints(b"j" * 32)
+        assert fingerprint(pin) != keyed  # another deployment's key, another fingerprint
+    finally:
+        configure_fingerprints(DEFAULT_FINGERPRINT_KEY)
+    key_file = tmp_path / "fp-key"
+    key_file.write_text("f" * 40 + "\n")
+    assert (
+        Settings.from_env({"SECURE_SESSION_FINGERPRINT_KEY_FILE": str(key_file)}).fingerprint_key
+        == b"f" * 40
+    )
+    with pytest.raises(SettingsError, match="at least 32 bytes"):
+        Settings.from_env({"SECURE_SESSION_FINGERPRINT_KEY": "short"})

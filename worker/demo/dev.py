@@ -26,6 +26,7 @@ from worker.demo.traffic import print_line, run_traffic
 from worker.demo.view import DevView
 
 API_KEY = "demo-api-key"
+DEV_FINGERPRINT_KEY = "secure-session dev mode fingerprint key: not secret"
 
 
 def demo_config(api_url: str) -> dict[str, object]:
@@ -110,6 +111,8 @@ async def run_async(
         "SECURE_SESSION_WEB_ENABLED": "0",
         "SECURE_SESSION_ALLOW_INSECURE_ENDPOINTS": "1",
         "SECURE_SESSION_LOG_LEVEL": "info",
+        # dev mode's stable default: fingerprints comparable from run to run (not secret)
+        "SECURE_SESSION_FINGERPRINT_KEY": DEV_FINGERPRINT_KEY,
         "KAFKA_SESSION_TIMEOUT_S": "2",
         "KAFKA_HEARTBEAT_INTERVAL_S": "0.3",
         "KAFKA_REBALANCE_TIMEOUT_S": "2",

@@ -20,7 +20,7 @@ import orjson
 from worker.config import Bot, Connector
 from worker.decide import Outcome, Validation
 from worker.errors import Misconfigured, Unavailable
-from worker.events import Inbound, fingerprint
+from worker.events import MAX_CACHED_BYTES, Inbound, fingerprint, on_fingerprint_key_change
 from worker.validators import Report
 from worker.validators.calls import ConnectorCalls
 from worker.validators.http import Answer
@@ -43,6 +43,8 @@ class BaasCall:
 
 
 def _fingerprint(alias: str, values: tuple[Any, ...]) -> str:
+    if sum(len(v) if isinstance(v, str) else 64 for v in values) > MAX_CACHED_BYTES:
+        return fingerprint([alias, values])  # the cache is bounded by bytes too
     try:
         return _fingerprint_hashable(alias, values)
     except TypeError:  # a mapped value that is an object or a list
@@ -52,6 +54,9 @@ def _fingerprint(alias: str, values: tuple[Any, ...]) -> str:
 @functools.lru_cache(maxsize=2**16)  # a session sends the same credential many times
 def _fingerprint_hashable(alias: str, values: tuple[Any, ...]) -> str:
     return fingerprint([alias, values])
+
+
+on_fingerprint_key_change(_fingerprint_hashable.cache_clear)
 
 
 class BaasValidator:
