@@ -234,7 +234,8 @@ def test_metrics_and_health_endpoints(harness: Harness) -> None:
     text = httpx.get(f"{base}/metrics").text
     assert 'secure_session_decisions_total{bot="secure",reason="validated"} 1.0' in text
     assert 'secure_session_decisions_total{bot="secure",reason="cached"} 2.0' in text
-    assert 'secure_session_decisions_total{bot="nobody",reason="unknown_bot"} 1.0' in text
+    # an event's bot name is not a label (its sender chooses it): unconfigured bots are one
+    assert 'secure_session_decisions_total{bot="(none)",reason="unknown_bot"} 1.0' in text
     assert (
         'secure_session_validations_total{connector="main",outcome="allowed",type="baas"} 1.0'
         in text
