@@ -10,9 +10,9 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import BinaryIO, NoReturn, TypeVar
+from typing import Any, BinaryIO, NoReturn, TypeVar
 
 import click
 
@@ -26,6 +26,28 @@ T = TypeVar("T")
 def _fail(message: str) -> NoReturn:
     click.echo(f"secure-session: {message}", err=True)
     sys.exit(2)
+
+
+EXIT_KAFKA = 4
+"""Exit code of a client verb that could not reach Kafka."""
+
+
+def _run_client(settings: Settings, coro: Coroutine[Any, Any, T]) -> T:
+    """Run a client verb; a broker it cannot reach ends it with one line and EXIT_KAFKA
+    (aiokafka gives up on an unreachable bootstrap within its request timeout, 40 s)."""
+    from aiokafka.errors import KafkaError
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its per-attempt lines: the
+    # one below says it all
+    try:
+        return asyncio.run(coro)
+    except (KafkaError, OSError) as exc:
+        click.echo(
+            f"secure-session: cannot reach Kafka at {settings.bootstrap_servers} "
+            f"({exc.__class__.__name__}): is the broker up, and KAFKA_BOOTSTRAP_SERVERS right?",
+            err=True,
+        )
+        sys.exit(EXIT_KAFKA)
 
 
 def vault_of(settings: Settings) -> Vault:
@@ -191,7 +213,7 @@ def config_publish(file: Path) -> None:
         await ensure_topics(settings)
         return await publish_config(settings, loaded)
 
-    count = asyncio.run(run())
+    count = _run_client(settings, run())
     click.echo(
         f"published {len(loaded.bots)} bots to {settings.topics.bots} and "
         f"{len(loaded.connectors)} connectors to {settings.topics.connectors} ({count} records)"
@@ -211,7 +233,7 @@ def config_delete(bots: tuple[str, ...], connectors: tuple[str, ...]) -> None:
             _fail(f"{key!r} is not of the form ORG/NAME")
     records: list[tuple[str, str, bytes | None]] = [(settings.topics.bots, k, None) for k in bots]
     records += [(settings.topics.connectors, k, None) for k in connectors]
-    asyncio.run(publish(settings, records))
+    _run_client(settings, publish(settings, records))
     click.echo(f"deleted {len(records)} records")
 
 
@@ -237,7 +259,7 @@ def send(source: BinaryIO) -> None:
             click.echo(f"line {number}: no sessionId, sent with an empty key", err=True)
             session = ""
         records.append((settings.topics.inbound, session, raw))
-    asyncio.run(publish(settings, records))
+    _run_client(settings, publish(settings, records))
     click.echo(f"sent {len(records)} events to {settings.topics.inbound}")
 
 
@@ -251,7 +273,10 @@ def watch(from_beginning: bool) -> None:
     settings = _settings()
     t = settings.topics
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(watch_decisions(client_options(settings), t.allowed, t.blocked, from_beginning))
+        _run_client(
+            settings,
+            watch_decisions(client_options(settings), t.allowed, t.blocked, from_beginning),
+        )
 
 
 def _since(raw: str | None) -> int | None:
@@ -307,7 +332,7 @@ def audit_tail(
         click.echo(orjson.dumps(doc).decode() if as_json else audit_line(doc))
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(audit_tail(settings, keep, follow, emit))
+        _run_client(settings, audit_tail(settings, keep, follow, emit))
 
 
 @main.group()
@@ -329,8 +354,9 @@ def sessions_show(org: str, bot: str, session: str, as_json: bool) -> None:
     from worker.text import printable
     from worker.tools import session_state
 
+    settings = _settings()
     try:
-        held = asyncio.run(session_state(_settings(), org, bot, session))
+        held = _run_client(settings, session_state(settings, org, bot, session))
     except LookupError as exc:
         _fail(str(exc))
     if as_json:
@@ -413,7 +439,10 @@ def demo_api(port: int, host: str, api_key: str, tokens: tuple[str, ...], latenc
         tokens=dict(t.split("=", 1) for t in tokens),
         default_delay_s=latency,
     )
-    web.run_app(api.app(), host=host, port=port, access_log=None)
+    try:
+        web.run_app(api.app(), host=host, port=port, access_log=None, print=None)
+    except OSError as exc:
+        _fail(f"demo-api cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 @main.command()

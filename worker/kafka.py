@@ -20,6 +20,15 @@ log = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=2**16)
+async def start(client: Any) -> None:
+    """Start an aiokafka client; stopped again if it cannot start (no "Unclosed" warning)."""
+    try:
+        await client.start()
+    except BaseException:
+        await client.stop()
+        raise
+
+
 def partition_for(key: bytes, count: int) -> int:
     """Kafka's default partitioner (murmur2), remembered: sessions send many records."""
     return int(murmur2(key) & 0x7FFFFFFF) % count
@@ -105,7 +114,7 @@ async def follow_config(settings: Settings, registry: Registry, ready: asyncio.E
         auto_offset_reset="earliest",
         client_id=f"{settings.app_id}-config",
     )
-    await consumer.start()
+    await start(consumer)
     try:
         await consumer.topics()  # loads metadata for every topic
         tps = [
@@ -152,7 +161,7 @@ async def publish_config(settings: Settings, config: ConfigFile) -> int:
 async def publish(settings: Settings, records: list[tuple[str, str, bytes | None]]) -> None:
     """Send (topic, key, value) records one at a time (value None: a tombstone)."""
     producer = AIOKafkaProducer(**client_options(settings))
-    await producer.start()
+    await start(producer)
     try:
         for topic, key, value in records:
             # one record per batch keeps end offsets exact on every broker

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from worker.decide import SessionState
-from worker.kafka import changelog_topic, client_options, partition_for
+from worker.kafka import changelog_topic, client_options, partition_for, start
 from worker.settings import Settings
 from worker.text import printable
 
@@ -50,7 +50,7 @@ async def audit_tail(
     Without `follow`, returns once the topic's end is reached. Returns the count emitted.
     """
     consumer = _consumer(settings)
-    await consumer.start()
+    await start(consumer)
     try:
         tps = [
             TopicPartition(settings.topics.audit, p)
@@ -159,7 +159,7 @@ async def session_state(settings: Settings, org: str, bot: str, session: str) ->
     topic = changelog_topic(settings)
     key = f"{org}/{bot}/{session}".encode()
     consumer = _consumer(settings)
-    await consumer.start()
+    await start(consumer)
     try:
         await consumer.topics()
         partitions = consumer.partitions_for_topic(topic)

@@ -42,3 +42,50 @@ def test_config_check_names_file_field_and_why(tmp_path: Path) -> None:
     done = secure_session("config", "check", str(bad))
     assert done.returncode == 2
     assert f"{bad}: bots[0]: SecureSessionConfig.ApiAlias: is required" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "verb",
+    [
+        ("send", "/dev/null"),
+        ("watch",),
+        ("config", "publish", "deploy/demo-config.yaml"),
+        ("config", "delete", "--bot", "acme/b"),
+        ("audit", "tail", "--no-follow"),
+        ("sessions", "show", "acme", "b", "s"),
+    ],
+)
+def test_every_client_verb_says_in_one_line_when_kafka_is_unreachable(
+    verb: tuple[str, ...],
+) -> None:
+    """Issue 18: ~40 lines of traceback, `Unclosed AIOKafkaProducer`, exit 1, no hint."""
+    import os
+
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    root = Path(__file__).parents[2]
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", *verb],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+        env=env,
+        cwd=root,
+    )
+    assert done.returncode == 4, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "127.0.0.1:1" in lines[0] and "KAFKA_BOOTSTRAP_SERVERS" in lines[0]
+
+
+def test_demo_api_on_a_taken_port_says_so_in_one_line() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = secure_session("demo-api", "--port", str(port), timeout=30)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0], done.stderr

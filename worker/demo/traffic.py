@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
+from worker.kafka import start
 from worker.settings import Topics
 from worker.text import printable
 
@@ -91,8 +92,12 @@ async def run_traffic(
         auto_offset_reset="latest",
         metadata_max_age_ms=1000,
     )
-    await producer.start()
-    await consumer.start()
+    await start(producer)
+    try:
+        await start(consumer)
+    except BaseException:
+        await producer.stop()
+        raise
     kinds = {topics.allowed: "allowed", topics.blocked: "blocked", topics.audit: "audit"}
 
     async def produce() -> None:
@@ -139,7 +144,7 @@ async def watch_decisions(
         auto_offset_reset="earliest" if from_beginning else "latest",
     )
     kinds = {allowed: "allowed", blocked: "blocked"}
-    await consumer.start()
+    await start(consumer)
     try:
         async for m in consumer:
             print(line(kinds[m.topic], m.key, m.value, dict(m.headers)), flush=True)
