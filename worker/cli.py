@@ -90,6 +90,8 @@ def worker() -> None:
         _fail(f"configuration refused: {exc}")
     log_config = logs.config(settings.log_level, settings.log_format)
     logging.config.dictConfig(log_config)
+    for warning in config.warnings if config is not None else ():
+        logging.getLogger("worker.config").warning("%s", warning)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
@@ -185,15 +187,30 @@ def config() -> None:
 
 @config.command("check")
 @click.argument("file", type=click.Path(path_type=Path))
-def config_check(file: Path) -> None:
-    """Check a JSON or YAML configuration file; exit 2 naming the field when it is invalid."""
-    from worker.config import load_file
+@click.option("--strict", is_flag=True, help="refuse on warnings (likely typos) too")
+def config_check(file: Path, strict: bool) -> None:
+    """Check a configuration file as the worker's load does; exit 2 naming the field when
+    it is invalid (with --strict: also when a field looks like a typo)."""
+    from worker.config import Registry, load_file
+    from worker.validators.jwt import key_checker
 
+    settings = _settings()
     try:
         loaded = load_file(file)
+        # the worker's own load: JWT keys resolved from this environment's vault
+        Registry.from_file(loaded, key_checker(vault_of(settings)))
     except ConfigError as exc:
         _fail(f"configuration refused: {exc}")
-    click.echo(f"{file}: {len(loaded.bots)} bots, {len(loaded.connectors)} connectors: valid")
+    for warning in loaded.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if strict and loaded.warnings:
+        _fail(f"configuration refused (--strict): {len(loaded.warnings)} warnings")
+    where = settings.secrets_dir or "no SECURE_SESSION_SECRETS_DIR"
+    click.echo(
+        f"{file}: {len(loaded.bots)} bots, {len(loaded.connectors)} connectors: valid "
+        f"(JWT keys checked against this environment's vault: {where} and "
+        "SECURE_SESSION_SECRET__*; connector secrets and endpoints are checked at call time)"
+    )
 
 
 @config.command("publish")
@@ -208,6 +225,8 @@ def config_publish(file: Path) -> None:
         loaded = load_file(file)
     except ConfigError as exc:
         _fail(f"configuration refused: {exc}")
+    for warning in loaded.warnings:
+        click.echo(f"warning: {warning}", err=True)
 
     async def run() -> int:
         await ensure_topics(settings)

@@ -9,6 +9,7 @@ record is logged and skipped (the previous value, if any, stays in force).
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 from collections.abc import Callable
@@ -197,6 +198,59 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
+@cache
+def _known(schema: str, *path: str) -> frozenset[str]:
+    """The property names the schema gives at `path` (names of `properties` or `$defs`)."""
+    node: Any = json.loads((SCHEMAS / f"{schema}.schema.json").read_text(encoding="utf-8"))
+    for step in path:
+        node = node[step]
+    return frozenset(node["properties"])
+
+
+def likely_typos(kind: Literal["bot", "connector"], data: Any) -> list[str]:
+    """Unknown keys close to a known one (`FailurMode`: did you mean `FailureMode`?), in
+    the places whose keys are all the worker's own: a bot's SecureSessionConfig, a
+    connector, its mappings and Auth. Unknown keys elsewhere are normal (ServisBOT bots
+    carry many) and unknown keys far from every known one are let be."""
+    if not isinstance(data, dict):
+        return []
+    places: list[tuple[str, Any, frozenset[str]]] = []
+    if kind == "bot":
+        places.append(
+            (
+                "SecureSessionConfig",
+                data.get("SecureSessionConfig"),
+                _known("bot", "$defs", "SecureSessionConfig") | EXTENSIONS,
+            )
+        )
+        places.append(("", data, _known("bot")))
+    else:
+        places.append(("", data, _known("connector")))
+        places.append(("Auth", data.get("Auth"), _known("connector", "properties", "Auth")))
+        mappings = data.get("RequestMapping")
+        if isinstance(mappings, dict):
+            for key, entry in mappings.items():
+                places.append(
+                    (f"RequestMapping.{key}", entry, _known("connector", "$defs", "Mapping"))
+                )
+    found = []
+    for where, value, known in places:
+        if not isinstance(value, dict):
+            continue
+        for key in value:
+            if key in known or not isinstance(key, str):
+                continue
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+            if close:
+                field_name = f"{where}.{key}" if where else key
+                found.append(f"{field_name}: unknown field; did you mean {close[0]!r}?")
+    return found
+
+
+EXTENSIONS = frozenset({"Enforcement", "RefreshAhead"})
+"""SecureSessionConfig fields of the contract this version reads nothing from yet: not typos."""
+
+
 def _check_schema(schema: str, data: Any, source: str) -> None:
     error = jsonschema.exceptions.best_match(_validator(schema).iter_errors(data))
     if error is None:
@@ -345,6 +399,8 @@ class ConfigFile:
     connectors: tuple[Connector, ...]
     raw_bots: tuple[dict[str, Any], ...]
     raw_connectors: tuple[dict[str, Any], ...]
+    warnings: tuple[str, ...] = ()
+    """Likely typos (`likely_typos`), each naming the file, the entry and the field."""
 
 
 def load_file(path: Path) -> ConfigFile:
@@ -381,12 +437,19 @@ def load_file(path: Path) -> ConfigFile:
         "connectors",
         "Alias",
     )
+    warnings = [
+        f"{source}: {section}[{i}]: {typo}"
+        for section, kind in (("bots", "bot"), ("connectors", "connector"))
+        for i, raw in enumerate(data.get(section, []))
+        for typo in likely_typos(kind, raw)  # type: ignore[arg-type]
+    ]
     return ConfigFile(
         source,
         tuple(bots),
         tuple(connectors),
         tuple(data.get("bots", [])),
         tuple(data.get("connectors", [])),
+        tuple(warnings),
     )
 
 
@@ -478,5 +541,7 @@ class Registry:
             raise ConfigError(source, "key", f"does not match the record's own key {parsed.key!r}")
         if isinstance(parsed, Bot):
             self.check_bot(parsed, source)
+        for typo in likely_typos(kind, data):
+            log.warning("%s: %s", source, typo)
         log.info("%s %s %s", kind, name, "updated" if name in table else "added")
         table[name] = parsed

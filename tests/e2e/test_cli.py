@@ -89,3 +89,30 @@ def test_demo_api_on_a_taken_port_says_so_in_one_line() -> None:
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and f"cannot listen on 127.0.0.1:{port}" in lines[0], done.stderr
+
+
+def test_config_check_runs_the_workers_checks_and_strict_refuses_typos(tmp_path: Path) -> None:
+    import os
+
+    jwt_bot = (
+        "bots:\n- {Name: j, Organization: acme, SecureSession: true, SecureSessionConfig:\n"
+        "   {Type: jwt, ValidationInterval: 60, Issuer: i, TokenPath: $.context.t,\n"
+        "    SecretRef: 'srn:vault::acme:secret:missing'}}\n"
+    )
+    path = tmp_path / "jwt.yaml"
+    path.write_text(jwt_bot)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SECURE_SESSION")}
+    run = [sys.executable, "-m", "worker", "config", "check"]
+    done = subprocess.run([*run, str(path)], capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 2 and "srn:vault::acme:secret:missing" in done.stderr
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(
+        "bots:\n- {Name: b, Organization: acme, SecureSession: true, SecureSessionConfig:\n"
+        "   {Type: baas, ValidationInterval: 60, ApiAlias: A, FailurMode: open}}\n"
+    )
+    done = subprocess.run([*run, str(typo)], capture_output=True, text=True, env=env, check=False)
+    assert done.returncode == 0 and "did you mean 'FailureMode'" in done.stderr
+    strict = subprocess.run(
+        [*run, "--strict", str(typo)], capture_output=True, text=True, env=env, check=False
+    )
+    assert strict.returncode == 2 and "--strict" in strict.stderr

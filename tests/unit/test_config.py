@@ -193,3 +193,28 @@ def test_a_file_too_large_is_refused_unread(tmp_path: Path) -> None:
 def test_config_errors_are_escaped_and_bounded() -> None:
     err = ConfigError("bot record 'a\nb'", "Name\x1b[2J", "x" * 10_000)
     assert "\n" not in str(err) and "\x1b" not in str(err) and len(str(err)) < 1_000
+
+
+def test_fields_close_to_known_ones_are_warned_about(tmp_path: Path) -> None:
+    """Issue 18: `FailurMode: open` passed as valid; the bot silently stayed fail-closed."""
+    from worker.config import likely_typos
+
+    bot = {**BOT, "SecureSessionConfig": {**BOT["SecureSessionConfig"], "FailurMode": "open"}}
+    assert likely_typos("bot", bot) == [
+        "SecureSessionConfig.FailurMode: unknown field; did you mean 'FailureMode'?"
+    ]
+    con = {**CON, "TimeoutSecond": 3, "Auth": {"Typ": "basic"}}
+    con["RequestMapping"] = {"t": {**CON["RequestMapping"]["t"], "inputpath": "$.x"}}
+    assert sorted(likely_typos("connector", con)) == [
+        "Auth.Typ: unknown field; did you mean 'Type'?",
+        "RequestMapping.t.inputpath: unknown field; did you mean 'inputPath'?",
+        "TimeoutSecond: unknown field; did you mean 'TimeoutSeconds'?",
+    ]
+    # ServisBOT's own fields, and anything not close to ours, are normal
+    assert likely_typos("bot", {**BOT, "BotArn": "x", "Description": "d"}) == []
+    path = tmp_path / "c.yaml"
+    path.write_text(orjson.dumps({"bots": [bot]}).decode())
+    assert load_file(path).warnings == (
+        f"{path}: bots[0]: SecureSessionConfig.FailurMode: unknown field; did you mean "
+        "'FailureMode'?",
+    )
