@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: run test check install clean bench soak
+.PHONY: run unit test check install clean bench soak
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ install: $(BIN)/.installed
 ## make run: embedded broker + demo Authorization API + worker + demo traffic, decisions live
 run: install
 	$(BIN)/secure-session dev
+
+## make unit: the unit tests alone (no broker, about 2 minutes)
+unit: install
+	$(BIN)/python -m pytest tests/unit
 
 ## make test: unit and integration tests (starts tansu unless KAFKA_BOOTSTRAP_SERVERS is set)
 test: install

@@ -15,7 +15,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -46,6 +56,15 @@ class Metrics:
         self._decision_time = _DecisionTime()
         self.registry.register(self._decision_time)
         self.registry.register(_Unreadable())
+        # the standard ones: process (CPU, memory, open files), Python and its collector
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        Info(
+            "secure_session_build",
+            "The worker's version and its pinned stack",
+            registry=self.registry,
+        ).info(_build_info())
         self._validations = Counter(
             "secure_session_validations",
             "Validations made, by type, connector and outcome",
@@ -136,6 +155,24 @@ class _Decisions(Collector):
             hits.add_metric([bot], n)
         yield family
         yield hits
+
+
+def _build_info() -> dict[str, str]:
+    import importlib.metadata
+    import platform
+
+    def version(name: str) -> str:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "unknown"
+
+    return {
+        "version": version("secure-session"),
+        "python": platform.python_version(),
+        "faust": version("faust-streaming"),
+        "aiokafka": version("aiokafka"),
+    }
 
 
 class _Unreadable(Collector):

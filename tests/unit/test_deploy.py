@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import jsonschema
@@ -59,24 +61,59 @@ def test_compose_environment_is_what_the_worker_reads(service: str) -> None:
     Settings.from_env(env)  # and every value is accepted
 
 
-def test_dashboard_queries_only_metrics_the_worker_exports() -> None:
+def _exported() -> set[str]:
     metrics = Metrics()
     metrics.watch(circuits=lambda: {"acme/api": False}, lag=lambda: {0: 0})
     metrics.decided("cached", "bot")
     metrics.validated("baas", "acme/api", "allowed", 0.01)
-    exported = set(
+    return set(
         re.findall(
             r"^(secure_session_\w+?)(?:\{| )", generate_latest(metrics.registry).decode(), re.M
         )
     )
+
+
+def test_dashboard_queries_only_metrics_the_worker_exports() -> None:
+    exported = _exported()
     exprs = [t["expr"] for p in DASHBOARD["panels"] for t in p["targets"]]
     used = {m for e in exprs for m in re.findall(r"secure_session_\w+", e)}
     assert used and used <= exported, used - exported
     assert len({p["id"] for p in DASHBOARD["panels"]}) == len(DASHBOARD["panels"])
 
 
+PROMETHEUS = ROOT / "deploy" / "prometheus"
+
+
+def test_alert_rules_use_only_metrics_the_worker_exports() -> None:
+    rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"][0]["rules"]
+    used = {m for r in rules for m in re.findall(r"secure_session_\w+", r["expr"])}
+    exported = _exported()
+    # counters are exported as <name>_total, histograms as <name>_bucket
+    assert used and {re.sub(r"_(total|bucket)$", "", m) for m in used} <= {
+        re.sub(r"_(total|bucket)$", "", m) for m in exported
+    }
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not on PATH")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("check", "config", "prometheus.yml"),
+        ("check", "rules", "alerts.yml"),
+        ("test", "rules", "alerts.test.yml"),
+    ],
+)
+def test_promtool_accepts_the_config_and_the_alert_rules_pass_their_tests(
+    args: tuple[str, ...],
+) -> None:
+    done = subprocess.run(
+        ["promtool", *args], cwd=PROMETHEUS, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_prometheus_scrapes_the_worker_port() -> None:
-    config = yaml.safe_load((ROOT / "deploy/prometheus.yml").read_text())
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
     targets = config["scrape_configs"][0]["static_configs"][0]["targets"]
     assert targets == [f"worker:{Settings().web_port}"]
     assert "6066:6066" in COMPOSE["services"]["worker"]["ports"]

@@ -52,3 +52,15 @@ def test_decision_times_are_counted_by_bucket_a_batch_at_a_time() -> None:
     assert decision("_bucket", "1.0") == 2  # bounds written as prometheus_client writes them
     assert decision("_bucket", "2.5") == decision("_bucket", "+Inf") == decision("_count") == 3
     assert 2.008 <= decision("_sum") < 2.1
+
+
+def test_build_info_and_the_standard_collectors_are_exported() -> None:
+    from prometheus_client import generate_latest
+
+    from worker.metrics import Metrics
+
+    text = generate_latest(Metrics().registry).decode()
+    assert 'secure_session_build_info{aiokafka="' in text and 'faust="' in text
+    for family in ("process_cpu_seconds_total", "process_resident_memory_bytes", "python_info",
+                   "python_gc_collections_total"):  # fmt: skip
+        assert family in text
