@@ -188,7 +188,9 @@ def create_app(
         forget=forget,
     )
     pipeline.metrics.watch(
-        circuits=breaker.open_states, lag=lambda: faust_tuning.lag(app, t.inbound)
+        circuits=breaker.open_states,
+        lag=lambda: faust_tuning.lag(app, t.inbound),
+        bots=lambda: [(b.organization, b.name, b.secure) for b in list(registry.bots.values())],
     )
     config_ready = asyncio.Event()
 

@@ -51,8 +51,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         # counted in a plain dict on the hot path, exported when scraped (no lock per message)
-        self._decisions: collections.Counter[tuple[str, str]] = collections.Counter()
-        self.registry.register(_Decisions(self._decisions))
+        self._decisions: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        self._bots: Callable[[], Iterable[tuple[str, str, bool]]] = tuple
+        self.registry.register(_Decisions(self._decisions, lambda: self._bots()))
         self._decision_time = _DecisionTime()
         self.registry.register(self._decision_time)
         self.registry.register(_Unreadable())
@@ -101,8 +102,12 @@ class Metrics:
         *,
         circuits: Callable[[], Mapping[str, bool]],
         lag: Callable[[], Mapping[int, int]],
+        bots: Callable[[], Iterable[tuple[str, str, bool]]] = tuple,
     ) -> None:
-        """Gauges read when scraped: circuits open by connector, inbound lag by partition."""
+        """Read when scraped: circuits open by connector, inbound lag by partition, and the
+        configured bots (organization, name, secure), whose decision series exist at 0
+        from the moment they are loaded (an `increase()` then sees their first ones)."""
+        self._bots = bots
         self.registry.register(_Live(circuits, lag))
 
     async def watch_loop(self) -> None:
@@ -114,8 +119,8 @@ class Metrics:
             await asyncio.sleep(LOOP_TICK_S)
             self.loop_lag.observe(max(0.0, loop.time() - start - LOOP_TICK_S))
 
-    def decided(self, reason: str, bot: str) -> None:
-        self._decisions[(reason, bot)] += 1
+    def decided(self, reason: str, organization: str, bot: str) -> None:
+        self._decisions[(reason, organization, bot)] += 1
 
     def delivered(self, received: Iterable[float]) -> None:
         """Decision records delivered now, of messages that came in at `received`
@@ -128,31 +133,58 @@ class Metrics:
 
     def count(self, reason: str) -> float:
         """Decisions with `reason`, all bots (for tests and the dev view)."""
-        return sum(n for (r, _), n in self._decisions.items() if r == reason)
+        return sum(n for (r, _, _), n in self._decisions.items() if r == reason)
+
+
+SECURE_REASONS = (
+    "validated", "cached", "fail_open", "denied", "token_missing", "token_invalid",
+    "token_expired", "token_revoked", "authorization_unavailable", "misconfigured",
+)  # fmt: skip
+"""What a secure bot's messages can be decided as (the series made at 0 when it loads)."""
+ALLOWED_REASONS = frozenset({"validated", "cached", "not_required", "fail_open"})
 
 
 class _Decisions(Collector):
-    def __init__(self, counts: collections.Counter[tuple[str, str]]) -> None:
+    def __init__(
+        self,
+        counts: collections.Counter[tuple[str, str, str]],
+        bots: Callable[[], Iterable[tuple[str, str, bool]]],
+    ) -> None:
         self._counts = counts
+        self._bots = bots
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(
             "secure_session_decisions",
-            "Messages decided, by reason and bot (cached = allowed from state, no call)",
-            labels=["reason", "bot"],
+            "Messages decided, by decision (allowed, blocked), reason, organization and bot "
+            "(cached = allowed from state, no call)",
+            labels=["decision", "reason", "organization", "bot"],
         )
         hits = CounterMetricFamily(
             "secure_session_cache_hits",
-            "Messages allowed from session state without a validation, by bot",
-            labels=["bot"],
+            "Messages allowed from session state without a validation, by organization and bot",
+            labels=["organization", "bot"],
         )
-        per_bot: collections.Counter[str] = collections.Counter()
-        for (reason, bot), n in list(self._counts.items()):
-            family.add_metric([reason, bot], n)
+        counts = collections.Counter(self._counts)
+        for org, bot, secure in self._bots():
+            for reason in SECURE_REASONS if secure else ("not_required",):
+                counts[(reason, org, bot)] += 0
+        per_bot: collections.Counter[tuple[str, str]] = collections.Counter()
+        for (reason, org, bot), n in counts.items():
+            decision = (
+                "allowed"
+                if reason in ALLOWED_REASONS
+                else "none"
+                if reason == "session_ended"
+                else "blocked"
+            )
+            family.add_metric([decision, reason, org, bot], n)
             if reason == "cached":
-                per_bot[bot] += n
-        for bot, n in per_bot.items():
-            hits.add_metric([bot], n)
+                per_bot[(org, bot)] += n
+            elif reason in SECURE_REASONS:
+                per_bot[(org, bot)] += 0
+        for (org, bot), n in per_bot.items():
+            hits.add_metric([org, bot], n)
         yield family
         yield hits
 

@@ -284,7 +284,7 @@ class Pipeline:
         assert record.event is not None
         self.metrics.validated(
             report.type,
-            report.connector or "",
+            f"{bot.organization}/{report.connector}" if report.connector else "",
             result.outcome,
             report.latency_ms / 1000,
         )
@@ -342,7 +342,7 @@ class Pipeline:
             partition = getattr(record.origin, "partition", None)
         self._forget(event.state_key, partition)
         now_ms = self._now_ms()
-        self.metrics.decided("session_ended", event.bot)
+        self.metrics.decided("session_ended", event.organization, event.bot)
         await self._send(
             self._topics.audit,
             _out_key(record),
@@ -369,7 +369,9 @@ class Pipeline:
             detail = f"{len(record.value)} bytes: too large to forward with decision headers"
             await self._block(record, None, "invalid_event", detail, None)
             return
-        self.metrics.decided(decision.reason, record.event.bot if record.event else "")
+        event = record.event
+        assert event is not None  # allowed: a configured bot's event
+        self.metrics.decided(decision.reason, event.organization, event.bot)
         headers = allowed_headers(decision.reason, decision.validated_at_ms, decision.identity)
         await self._send(
             self._topics.allowed, _out_key(record), record.value, headers, record.received
@@ -385,7 +387,10 @@ class Pipeline:
         redact: Callable[[dict[str, Any]], None] | None,
     ) -> None:
         # labelled by configured bots only: an event's bot name is the sender's to choose
-        self.metrics.decided(reason, bot.name if bot is not None else UNKNOWN_BOT_LABEL)
+        if bot is not None:
+            self.metrics.decided(reason, bot.organization, bot.name)
+        else:
+            self.metrics.decided(reason, UNKNOWN_BOT_LABEL, UNKNOWN_BOT_LABEL)
         who = Who.of(record.event)
         now_ms = self._now_ms()
         if redact is None:  # decided without a check: the bot's own paths, if it is known

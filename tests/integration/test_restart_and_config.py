@@ -232,16 +232,22 @@ def test_metrics_and_health_endpoints(harness: Harness) -> None:
     assert httpx.get(f"{base}/healthz").status_code == 200
     assert httpx.get(f"{base}/readyz").json() == {"ready": True}
     text = httpx.get(f"{base}/metrics").text
-    assert 'secure_session_decisions_total{bot="secure",reason="validated"} 1.0' in text
-    assert 'secure_session_decisions_total{bot="secure",reason="cached"} 2.0' in text
+    decisions = "secure_session_decisions_total"
+    allowed = 'bot="secure",decision="allowed",organization="acme"'
+    assert f'{decisions}{{{allowed},reason="validated"}} 1.0' in text
+    assert f'{decisions}{{{allowed},reason="cached"}} 2.0' in text
+    # every configured bot's series exist from the start, at 0
+    blocked = 'bot="secure",decision="blocked",organization="acme"'
+    assert f'{decisions}{{{blocked},reason="misconfigured"}} 0.0' in text
     # an event's bot name is not a label (its sender chooses it): unconfigured bots are one
-    assert 'secure_session_decisions_total{bot="(none)",reason="unknown_bot"} 1.0' in text
+    none = 'bot="(none)",decision="blocked",organization="(none)"'
+    assert f'{decisions}{{{none},reason="unknown_bot"}} 1.0' in text
     assert (
-        'secure_session_validations_total{connector="main",outcome="allowed",type="baas"} 1.0'
+        'secure_session_validations_total{connector="acme/main",outcome="allowed",type="baas"} 1.0'
         in text
     )
     assert "secure_session_validation_seconds_bucket" in text
-    assert 'secure_session_cache_hits_total{bot="secure"} 2.0' in text
+    assert 'secure_session_cache_hits_total{bot="secure",organization="acme"} 2.0' in text
     assert 'secure_session_circuit_open{connector="acme/main"} 0.0' in text
     assert "secure_session_consumer_lag{partition=" in text
     assert re.search(r"^secure_session_event_loop_lag_seconds_count [1-9]", text, re.M)

@@ -64,7 +64,7 @@ def test_compose_environment_is_what_the_worker_reads(service: str) -> None:
 def _exported() -> set[str]:
     metrics = Metrics()
     metrics.watch(circuits=lambda: {"acme/api": False}, lag=lambda: {0: 0})
-    metrics.decided("cached", "bot")
+    metrics.decided("cached", "acme", "bot")
     metrics.validated("baas", "acme/api", "allowed", 0.01)
     return set(
         re.findall(
@@ -79,6 +79,13 @@ def test_dashboard_queries_only_metrics_the_worker_exports() -> None:
     used = {m for e in exprs for m in re.findall(r"secure_session_\w+", e)}
     assert used and used <= exported, used - exported
     assert len({p["id"] for p in DASHBOARD["panels"]}) == len(DASHBOARD["panels"])
+    variables = {v["name"]: v for v in DASHBOARD["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"  # an input, not a fixed uid
+    assert {"organization", "bot", "instance"} <= set(variables)
+    for panel in DASHBOARD["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}"
+        for target in panel["targets"]:
+            assert 'instance=~"$instance"' in target["expr"], target["expr"]
 
 
 PROMETHEUS = ROOT / "deploy" / "prometheus"
