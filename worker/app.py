@@ -50,6 +50,7 @@ def faust_settings(settings: Settings, partitions: int) -> dict[str, Any]:
         "web_enabled": False,  # the worker serves /metrics and health itself (metrics.py)
         "consumer_auto_offset_reset": "earliest",
         "topic_allow_declare": settings.create_topics,
+        "broker_client_id": settings.client_id,
         # records held for a validation are finished (not dropped) on rebalance and stop
         "stream_wait_empty": True,
         # Faust's livelock check: the drain loop feeds it (worker/faust_tuning.py)

@@ -18,6 +18,7 @@ import click
 
 from worker.errors import ConfigError, SecureSessionError
 from worker.settings import Settings
+from worker.text import printable
 from worker.vault import Vault
 
 T = TypeVar("T")
@@ -92,6 +93,7 @@ def worker() -> None:
     logging.config.dictConfig(log_config)
     for warning in config.warnings if config is not None else ():
         logging.getLogger("worker.config").warning("%s", warning)
+    logging.getLogger("worker").info("starting: %s", summary(settings, config))
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
@@ -115,6 +117,22 @@ def worker() -> None:
 
     app.on_startup_finished = _quiet_root
     w.execute_from_commandline()
+
+
+def summary(settings: Settings, config: object | None) -> str:
+    """One line: where the worker connects, as whom, which topics, which store."""
+    t = settings.topics
+    source = f"{getattr(config, 'path', '')} + topics" if config is not None else "topics only"
+    return (
+        f"Kafka {settings.bootstrap_servers} ({settings.security.protocol}), group "
+        f"{settings.app_id}, client id {settings.client_id}; topics in={t.inbound} "
+        f"allowed={t.allowed} blocked={t.blocked} audit={t.audit} bots={t.bots} "
+        f"connectors={t.connectors}; store {settings.store}; configuration from {source}"
+    )
+
+
+SECRET_SETTING = ("PASSWORD", "SECRET", "FINGERPRINT_KEY")
+"""Settings whose value `config show` never prints (a file path is shown: it is not one)."""
 
 
 EXIT_DEADLINE = 3
@@ -211,6 +229,48 @@ def config_check(file: Path, strict: bool) -> None:
         f"(JWT keys checked against this environment's vault: {where} and "
         "SECURE_SESSION_SECRET__*; connector secrets and endpoints are checked at call time)"
     )
+
+
+@config.command("show")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def config_show(as_json: bool) -> None:
+    """The effective configuration: every setting, where it came from (secrets masked), and
+    the bots and connectors of SECURE_SESSION_CONFIG (topic records are read by the worker)."""
+    import orjson
+
+    from worker.config import load_file
+
+    settings = _settings()
+    rows = []
+    for name, value, source in settings.origins:
+        secret = any(s in name for s in SECRET_SETTING) and not name.endswith("_FILE")
+        shown = "****" if secret and value else value
+        rows.append({"name": name, "value": shown, "from": source})
+    loaded = None
+    if settings.config_file is not None:
+        try:
+            loaded = load_file(settings.config_file)
+        except ConfigError as exc:
+            _fail(f"configuration refused: {exc}")
+    bots = (
+        [f"{b.key} ({b.type if b.secure else 'not secure'})" for b in loaded.bots] if loaded else []
+    )
+    connectors = (
+        [f"{c.key} -> {c.endpoint.split('?')[0]}" for c in loaded.connectors] if loaded else []
+    )
+    if as_json:
+        doc = {"settings": rows, "file": str(settings.config_file or ""), "bots": bots,
+               "connectors": connectors, "summary": summary(settings, loaded)}  # fmt: skip
+        click.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        return
+    click.echo(summary(settings, loaded))
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        click.echo(f"  {r['name']:<{width}}  {r['value'] or '-':<30}  ({r['from']})")
+    where = settings.config_file or "no SECURE_SESSION_CONFIG"
+    click.echo(f"from {where}: {len(bots)} bots, {len(connectors)} connectors")
+    for line in bots + connectors:
+        click.echo(f"  {printable(line)}")
 
 
 @config.command("publish")
@@ -370,7 +430,6 @@ def sessions_show(org: str, bot: str, session: str, as_json: bool) -> None:
 
     import orjson
 
-    from worker.text import printable
     from worker.tools import session_state
 
     settings = _settings()

@@ -53,8 +53,11 @@ class KafkaTuning:
     (blocked: the event not echoed) or, for an allowed record, blocked `invalid_event`."""
 
 
-def _fingerprint_key(env: Mapping[str, str]) -> bytes | None:
+def _fingerprint_key(env: Mapping[str, str], r: _Reader) -> bytes | None:
     """SECURE_SESSION_FINGERPRINT_KEY (the value) or SECURE_SESSION_FINGERPRINT_KEY_FILE."""
+    for name in ("SECURE_SESSION_FINGERPRINT_KEY", "SECURE_SESSION_FINGERPRINT_KEY_FILE"):
+        raw = env.get(name, "")
+        r.seen.append((name, raw, "environment") if raw else (name, "", "default"))
     value = env.get("SECURE_SESSION_FINGERPRINT_KEY")
     name = "SECURE_SESSION_FINGERPRINT_KEY"
     if value is None and (path := env.get("SECURE_SESSION_FINGERPRINT_KEY_FILE")):
@@ -180,6 +183,10 @@ class Settings:
     stall_warning_s: float = 300.0
     """A partition with records waiting that hands none over for this long is logged as
     stalled (Faust's `stream_processing_timeout`, fed by the worker's intake)."""
+    client_id: str = "secure-session"
+    """The Kafka client id the broker sees (`KAFKA_CLIENT_ID`; Faust alone says faust-0.15.3)."""
+    origins: tuple[tuple[str, str, str], ...] = field(default=(), compare=False, repr=False)
+    """Where each setting came from (`secure-session config show`)."""
     kafka: KafkaTuning = field(default_factory=KafkaTuning)
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
     create_topics: bool = True
@@ -228,7 +235,7 @@ class Settings:
             max_concurrent_calls=r.get(
                 "SECURE_SESSION_MAX_CONCURRENT_CALLS", _positive(int), d.max_concurrent_calls
             ),
-            fingerprint_key=_fingerprint_key(env),
+            fingerprint_key=_fingerprint_key(env, r),
             max_calls_per_org=r.get(
                 "SECURE_SESSION_MAX_CALLS_PER_ORG", _positive(int), d.max_calls_per_org
             ),
@@ -279,7 +286,9 @@ class Settings:
                 max_poll_records=r.get("KAFKA_MAX_POLL_RECORDS", _positive(int), 5000),
             ),
             security=_security(r),
+            client_id=r.get("KAFKA_CLIENT_ID", str, d.client_id),
             environ=env,
+            origins=tuple(r.seen),  # last: every read above is in it
         )
 
     @property
@@ -295,9 +304,16 @@ class Settings:
 class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
+        self.seen: list[tuple[str, str, str]] = []
+        """(variable, value as text, "environment" or "default"), in reading order."""
 
     def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
         raw = self.env.get(name, "").strip()
+        self.seen.append(
+            (name, raw, "environment")
+            if raw
+            else (name, "" if default is None else str(default), "default")
+        )
         if not raw:
             return default
         try:

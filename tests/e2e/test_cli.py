@@ -116,3 +116,32 @@ def test_config_check_runs_the_workers_checks_and_strict_refuses_typos(tmp_path:
         [*run, "--strict", str(typo)], capture_output=True, text=True, env=env, check=False
     )
     assert strict.returncode == 2 and "--strict" in strict.stderr
+
+
+def test_config_show_gives_every_setting_its_origin_and_masks_secrets() -> None:
+    import json
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SECURE_SESSION", "KAFKA_"))}
+    env |= {
+        "KAFKA_SASL_PASSWORD": "hunter2-sasl",
+        "SECURE_SESSION_FINGERPRINT_KEY": "f" * 40,
+        "SECURE_SESSION_CONFIG": "deploy/demo-config.yaml",
+        "KAFKA_CLIENT_ID": "acme-gatekeeper",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "config", "show", "--json"],
+        capture_output=True, text=True, env=env, check=False, cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "hunter2" not in done.stdout and "f" * 40 not in done.stdout
+    doc = json.loads(done.stdout)
+    rows = {r["name"]: r for r in doc["settings"]}
+    assert rows["KAFKA_SASL_PASSWORD"] == {
+        "name": "KAFKA_SASL_PASSWORD",
+        "value": "****",
+        "from": "environment",
+    }
+    assert rows["KAFKA_BOOTSTRAP_SERVERS"]["from"] == "default"
+    assert rows["KAFKA_CLIENT_ID"]["value"] == "acme-gatekeeper"
+    assert doc["bots"] and doc["connectors"] and "client id acme-gatekeeper" in doc["summary"]

@@ -157,3 +157,16 @@ def test_listen_addresses_are_settings_and_the_demo_api_stays_on_loopback() -> N
     assert Settings.from_env({}).web_host == "0.0.0.0"  # noqa: S104 - containers
     host = next(p for p in demo_api.params if p.name == "host")
     assert host.default == "127.0.0.1"
+
+
+def test_the_kafka_client_id_is_a_setting_and_the_start_line_says_it() -> None:
+    from worker.cli import summary
+
+    settings = Settings.from_env(
+        {"KAFKA_CLIENT_ID": "acme-gate", "KAFKA_BOOTSTRAP_SERVERS": "k:9092"}
+    )
+    assert faust_settings(settings, 4)["broker_client_id"] == "acme-gate"
+    assert faust_settings(Settings.from_env({}), 4)["broker_client_id"] == "secure-session"
+    line = summary(settings, None)
+    assert line.startswith("Kafka k:9092 (PLAINTEXT), group secure-session, client id acme-gate;")
+    assert "store memory" in line and "in=bot.messages.inbound" in line
