@@ -25,9 +25,9 @@ unit: install
 test: install
 	$(BIN)/python -m pytest
 
-## make soak: the fault-injection run alone; writes the RELIABILITY table of the README
+## make soak: the long fault-injection runs; writes their figures into docs/reliability.md
 soak: install
-	SOAK_ROUNDS=20 ROLLING_SESSIONS=100000 SECURE_SESSION_UPDATE_README=1 $(BIN)/python -m pytest tests/soak -s
+	SOAK_ROUNDS=20 ROLLING_SESSIONS=100000 SECURE_SESSION_UPDATE_DOCS=1 $(BIN)/python -m pytest tests/soak -s
 
 ## make check: lint, format and types
 check: install

@@ -722,7 +722,7 @@ def quantile(buckets: dict[float, float], q: float) -> float:
 @contextlib.asynccontextmanager
 async def fresh_broker(b: Bench) -> AsyncIterator[None]:
     """A broker of its own for a latency run (embedded mode): tansu's in-memory log answers
-    fetches slower as it fills (README, Performance), so earlier runs would skew it."""
+    fetches slower as it fills (docs/performance.md), so earlier runs would skew it."""
     if not b.embedded:
         yield
         return

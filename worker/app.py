@@ -210,7 +210,7 @@ def create_app(
     async def tune_garbage_collection() -> None:
         await config_ready.wait()
         # Faust, the modules and the configuration leave the collector's full passes, which
-        # otherwise scan them all and pause every decision ~70 ms (README, Performance)
+        # otherwise scan them all and pause every decision ~70 ms (docs/performance.md)
         gc.freeze()
         # a young pass every 10,000 allocations instead of 700: messages held for a slow API
         # then rarely live long enough to start full passes (~230 ms each over 50,000 held

@@ -136,7 +136,7 @@ SECRET_SETTING = ("PASSWORD", "SECRET", "FINGERPRINT_KEY")
 
 
 EXIT_DEADLINE = 3
-"""Exit code when the shutdown deadline cut the stop short (README, Reliability)."""
+"""Exit code when the shutdown deadline cut the stop short (docs/reliability.md)."""
 
 
 def _worker_class() -> type:

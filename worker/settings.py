@@ -31,7 +31,7 @@ class KafkaTuning:
     """Client timings; `None` keeps the Faust / aiokafka default (right for Apache Kafka).
 
     Tests and dev mode set short group timings and one-record producer batches for tansu
-    (see README, "Running on tansu").
+    (see docs/operations.md, "Running on tansu").
     """
 
     session_timeout_s: float | None = None
@@ -39,7 +39,7 @@ class KafkaTuning:
     rebalance_timeout_s: float | None = None
     producer_max_batch_size: int = 262_144
     """Bytes a producer batch may hold (Faust's default is 16,384): on a backlog a partition
-    sends one batch per round trip, and 16 KB held the worker back (README, Performance)."""
+    sends one batch per round trip, and 16 KB held the worker back (docs/performance.md)."""
     producer_linger_ms: int = 5
     """How long the producer waits to fill a batch (Kafka 4's default; fewer, larger requests)."""
     fetch_max_wait_ms: int = 500

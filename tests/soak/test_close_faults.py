@@ -11,7 +11,7 @@ worker in the same second. Then, every round:
 - once the stream is decided, the group's committed offsets reach every partition's end.
 
 Duplicates (the price of a kill -9) and API calls are reported per round. `make test`
-runs SOAK_ROUNDS=2; `make soak` runs 20 and writes the table into the README.
+runs SOAK_ROUNDS=2; `make soak` runs 20 and writes the table into docs/reliability.md.
 """
 
 from __future__ import annotations

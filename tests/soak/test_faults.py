@@ -3,8 +3,8 @@ restart, in the middle of a stream of 50,000 messages over 1,000 sessions.
 
 Checks: no inbound message is missing from allowed + blocked; per-session order of first
 decisions; duplicates counted; no validated session called again after its partition
-moved (the table moved with it). The figures go to RELIABILITY in the README when
-SECURE_SESSION_UPDATE_README=1 (`make soak`), and to the test's output always.
+moved (the table moved with it). The figures go to docs/reliability.md when
+SECURE_SESSION_UPDATE_DOCS=1 (`make soak`), and to the test's output always.
 """
 
 from __future__ import annotations

@@ -30,9 +30,9 @@ def test_plaintext_by_default() -> None:
     ("variable", "faust_key", "default", "value", "refused"),
     [
         ("SECURE_SESSION_STANDBY_REPLICAS", "table_standby_replicas", 1, 0, "-1"),
-        # the consumer hands over bounded batches (README, Performance)
+        # the consumer hands over bounded batches (docs/performance.md)
         ("KAFKA_MAX_POLL_RECORDS", "broker_max_poll_records", 5000, 500, "0"),
-        # a partition sends one batch per round trip on a backlog (README, Performance)
+        # a partition sends one batch per round trip on a backlog (docs/performance.md)
         ("KAFKA_PRODUCER_MAX_BATCH_SIZE", "producer_max_batch_size", 262_144, 16, "0"),
     ],
 )

@@ -70,7 +70,7 @@ class _Transport(httpx.AsyncBaseTransport):
     httpx's own transport (httpcore on anyio) costs 0.84 ms of CPU a call in pools of 16
     connections, more in larger ones, as its bookkeeping grows with the square of its
     connections (encode/httpcore#1035: 3.3 ms with 200); through aiohttp 0.24-0.26 ms with
-    200 (`BENCH_ONLY=calls`, README "Performance"). Requests are still built by httpx (the
+    200 (`BENCH_ONLY=calls`, docs/performance.md). Requests are still built by httpx (the
     connectors' mappings, auth and tests use its API).
     """
 
