@@ -33,6 +33,8 @@ from worker.vault import Vault
 
 log = logging.getLogger(__name__)
 
+GROUP_WAIT_NOTICE_S = 5.0
+"""A rebalance longer than this is explained in the log (every 15 s)."""
 GC_YOUNG_THRESHOLD = 10_000
 """Allocations between the garbage collector's young passes (Python's default: 700)."""
 
@@ -262,6 +264,47 @@ def create_app(
         elif connected and down_since:
             log.warning("Kafka connection back after %.1f s", time.monotonic() - down_since.pop())
 
+    settling: list[float] = []  # since when the group has been rebalancing; last said at
+    assigned: list[bool] = []  # once this worker was given its first assignment
+
+    async def on_assigned(_app: Any, assigned_tps: Any = None, **_: Any) -> None:
+        assigned[:] = [True]
+
+    app.on_partitions_assigned.connect(on_assigned)  # type: ignore[arg-type]
+
+    async def watch_group() -> None:
+        # started by the CLI on the worker's loop: Faust starts its own tasks and timers only
+        # once the group is joined, which is the wait to explain
+        while not app.should_stop:
+            await asyncio.sleep(1.0)
+            group_wait_notice()
+
+    def group_wait_notice() -> None:
+        """Say what a long join waits for: the log is otherwise silent after `(Re-)joining
+        group`, for up to a session timeout (Kafka's default: 45 s)."""
+        now = time.monotonic()
+        if assigned and not app.rebalancing:
+            if settling and now - settling[0] >= GROUP_WAIT_NOTICE_S:
+                log.info(
+                    "consumer group %s settled after %.0f s", settings.app_id, now - settling[0]
+                )
+            settling.clear()
+            return
+        if not settling:
+            settling[:] = [now, 0.0]
+        elif now - settling[0] >= GROUP_WAIT_NOTICE_S and now - settling[1] >= 15:
+            settling[1] = now
+            log.info(
+                "waiting %.0f s for consumer group %s to settle: Kafka waits for every member "
+                "to rejoin, and for one that stopped without leaving (killed) until its session "
+                "timeout passes (%.0f s, KAFKA_SESSION_TIMEOUT_S); shorter on a test broker: "
+                "docs/operations.md",
+                now - settling[0],
+                settings.app_id,
+                app.conf.broker_session_timeout,
+            )
+
+    app.watch_group = watch_group  # type: ignore[attr-defined]
     app.pipeline = pipeline  # type: ignore[attr-defined]
     app.ready = config_ready.is_set  # type: ignore[attr-defined]
     return app

@@ -101,6 +101,7 @@ def worker() -> None:
     except SecureSessionError as exc:
         _fail(str(exc))
     app = create_app(settings, partitions=partitions, registry=registry)
+    app.group_watch = loop.create_task(app.watch_group())  # type: ignore[attr-defined]
     if settings.web_enabled:
         from worker.metrics import serve
 

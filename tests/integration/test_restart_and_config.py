@@ -313,3 +313,22 @@ def test_a_state_off_its_session_partition_is_found_expired_and_gone_after_a_res
     h.run(send_to(away, "m1"))
     assert [reason(o) for o in h.wait_decisions(session, 2)] == ["validated", "validated"]
     assert h.api.calls["tok-away"] == 2  # the expired state did not come back
+
+
+def test_a_long_join_says_what_it_waits_for(harness: Harness) -> None:
+    """Issue 18: after `(Re-)joining group` the log said nothing for up to a session timeout."""
+    h = harness
+    h.extra_env |= {"KAFKA_SESSION_TIMEOUT_S": "12", "KAFKA_REBALANCE_TIMEOUT_S": "12"}
+    config = h.write_config([bot("secure")], [connector("main", h.server.url)])
+    first = h.start_worker(config)
+    time.sleep(3)  # joined
+    first.kill()  # gone without leaving: the group waits for its session to time out
+    first.wait()
+    h.workers.remove(first)
+    h.start_worker(config)
+    log = h.logs[-1]
+    deadline = time.monotonic() + 30
+    while "waiting" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    text = log.read_text()
+    assert "for consumer group" in text and "KAFKA_SESSION_TIMEOUT_S" in text, text[-2000:]
