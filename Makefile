@@ -27,7 +27,7 @@ test: install
 
 ## make soak: the long fault-injection runs; writes their figures into docs/reliability.md
 soak: install
-	SOAK_ROUNDS=20 ROLLING_SESSIONS=100000 SECURE_SESSION_UPDATE_DOCS=1 $(BIN)/python -m pytest tests/soak -s
+	SOAK_ROUNDS=20 SOAK_PER_SESSION=50 ROLLING_SESSIONS=100000 SECURE_SESSION_UPDATE_DOCS=1 $(BIN)/python -m pytest tests/soak -s
 
 ## make check: lint, format and types
 check: install

@@ -65,6 +65,9 @@ class EmbeddedBroker:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # its own session: a terminal's Ctrl-C reaches whoever started it, who stops
+            # the broker last (the worker must still reach it to leave its group)
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

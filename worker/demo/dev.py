@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -121,8 +122,13 @@ async def run_async(
     }
     log = (tmp / "worker.log").open("wb")
     worker = subprocess.Popen(  # noqa: S603, ASYNC220 - started once, not awaited
-        [sys.executable, "-m", "worker", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "worker", "worker"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # Ctrl-C is ours to handle: the worker first, then the broker
     )
+    failed = False
     print(f"worker pid {worker.pid}, log in {tmp / 'worker.log'}; Ctrl-C stops everything\n")
     try:
         print("waiting for the worker to join its group and load its configuration...")
@@ -130,6 +136,7 @@ async def run_async(
         while b"configuration ready" not in (tmp / "worker.log").read_bytes():
             if worker.poll() is not None or time.monotonic() > deadline:
                 print(f"worker did not start; see {tmp / 'worker.log'}")
+                failed = True
                 return 1
             await asyncio.sleep(0.2)
         client = {"bootstrap_servers": broker.bootstrap}
@@ -143,14 +150,18 @@ async def run_async(
             shown = await _live(view, svg, run_traffic(client, duration, rate, view.feed, alive))
         if worker.poll() is not None:
             print(f"worker exited with {worker.returncode}; see {tmp / 'worker.log'}")
+            failed = True
             return 1
         print(f"\n{shown} decisions shown; Authorization API calls: {sum(api.calls.values())}")
         return 0
     finally:
-        stop_process(worker)
+        # in this order: the worker leaves its group while the broker is still there
+        stop_process(worker, timeout_s=10)
         log.close()
         broker.stop()
         await server.stop()
+        if not failed:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run(
@@ -166,4 +177,4 @@ def run(
         )
     except KeyboardInterrupt:
         print("\nstopped")
-        return 130
+        return 0  # stopping is what Ctrl-C asks for: not an error
