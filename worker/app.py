@@ -252,8 +252,7 @@ def create_app(
 
     down_since: list[float] = []  # when the consumer lost its last broker connection
 
-    @app.timer(1.0)  # type: ignore[untyped-decorator]
-    async def watch_kafka() -> None:
+    def watch_kafka() -> None:
         connected = faust_tuning.kafka_connected(app)
         if connected is None:
             return
@@ -278,6 +277,7 @@ def create_app(
         while not app.should_stop:
             await asyncio.sleep(1.0)
             group_wait_notice()
+            watch_kafka()  # from the start: during a join too (Faust's timers wait for it)
 
     def group_wait_notice() -> None:
         """Say what a long join waits for: the log is otherwise silent after `(Re-)joining

@@ -327,10 +327,15 @@ def test_a_long_join_says_what_it_waits_for(harness: Harness) -> None:
     first.kill()  # gone without leaving: the group waits for its session to time out
     first.wait()
     h.workers.remove(first)
-    h.start_worker(config)
+    port = free_port()
+    h.extra_env |= {"SECURE_SESSION_WEB_ENABLED": "1", "SECURE_SESSION_WEB_PORT": str(port)}
+    h.start_worker(config, wait=False)
     log = h.logs[-1]
     deadline = time.monotonic() + 30
     while "waiting" not in log.read_text() and time.monotonic() < deadline:
         time.sleep(0.5)
     text = log.read_text()
     assert "for consumer group" in text and "KAFKA_SESSION_TIMEOUT_S" in text, text[-2000:]
+    # the broker is reachable while the group settles: the metric says so (it read 0)
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    assert "secure_session_kafka_connected 1.0" in metrics
