@@ -33,6 +33,8 @@ from worker.vault import Vault
 
 log = logging.getLogger(__name__)
 
+LAG_EVERY_S = 5
+"""How often the group's inbound lag is read (two requests to the broker)."""
 GROUP_WAIT_NOTICE_S = 5.0
 """A rebalance longer than this is explained in the log (every 15 s)."""
 GC_YOUNG_THRESHOLD = 10_000
@@ -192,7 +194,7 @@ def create_app(
     )
     pipeline.metrics.watch(
         circuits=breaker.open_states,
-        lag=lambda: faust_tuning.lag(app, t.inbound),
+        lag=lambda: group_lag,
         bots=lambda: [(b.organization, b.name, b.secure) for b in list(registry.bots.values())],
     )
     config_ready = asyncio.Event()
@@ -263,6 +265,7 @@ def create_app(
         elif connected and down_since:
             log.warning("Kafka connection back after %.1f s", time.monotonic() - down_since.pop())
 
+    group_lag: dict[int, int] = {}  # the group's inbound lag by partition (every LAG_EVERY_S)
     settling: list[float] = []  # since when the group has been rebalancing; last said at
     assigned: list[bool] = []  # once this worker was given its first assignment
 
@@ -274,10 +277,17 @@ def create_app(
     async def watch_group() -> None:
         # started by the CLI on the worker's loop: Faust starts its own tasks and timers only
         # once the group is joined, which is the wait to explain
+        ticks = 0
         while not app.should_stop:
             await asyncio.sleep(1.0)
             group_wait_notice()
             watch_kafka()  # from the start: during a join too (Faust's timers wait for it)
+            ticks += 1
+            if ticks % LAG_EVERY_S == 1:
+                lag = await faust_tuning.group_lag(app, t.inbound)
+                if lag is not None:
+                    group_lag.clear()
+                    group_lag.update(lag)
 
     def group_wait_notice() -> None:
         """Say what a long join waits for: the log is otherwise silent after `(Re-)joining

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import aiokafka
+import aiokafka.errors
 import faust
 from faust.events import Event
 from faust.exceptions import ConsumerNotStarted
@@ -97,7 +98,6 @@ RELIED_ON: dict[str, str] = {
 PRIVATE_NAMES = (
     # every private name this module (and worker/app.py through it) reads or writes
     "consumer._read_offset",
-    "consumer._committed_offset",
     "consumer._commit_every",
     "consumer._n_acked",
     "consumer._add_gap",
@@ -405,23 +405,31 @@ def kafka_connected(app: faust.App) -> bool | None:
         return None
 
 
-def lag(app: faust.App, topic: str) -> dict[int, int]:
-    """Records of `topic` not yet committed, by assigned partition (known after a fetch);
-    empty when the internals it reads moved (logged and counted: see `SEAM_ERRORS`)."""
+async def group_lag(app: faust.App, topic: str) -> dict[int, int] | None:
+    """Records of `topic` not yet committed by the group, for every partition (not only
+    this worker's: a joining worker's lag would vanish). None while it cannot be read
+    (before the consumer starts, a coordinator that does not answer within 2 s)."""
     try:
-        consumer = app.consumer
-        committed = consumer._committed_offset  # type: ignore[attr-defined] # last committed
-        lags = {}
-        for tp in consumer.assignment():
-            if tp.topic == topic and (end := consumer.highwater(tp)) is not None:
-                done = committed.get(tp)
-                lags[tp.partition] = max(0, end - (0 if done is None else done + 1))
-        return lags
+        consumer = app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
     except ConsumerNotStarted:
-        return {}
+        return None
+    except Exception as exc:  # noqa: BLE001 - fail loudly, never take the worker down
+        _seam_failed("lag", exc)
+        return None
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [aiokafka.TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return None
+        async with asyncio.timeout(2.0):
+            ends = await consumer.end_offsets(tps)
+            committed = {tp: await consumer.committed(tp) for tp in tps}
+    except (TimeoutError, aiokafka.errors.KafkaError):
+        return None  # a rebalance or a broker away: the last figures stay
     except Exception as exc:  # noqa: BLE001
         _seam_failed("lag", exc)
-        return {}
+        return None
+    return {tp.partition: max(0, ends[tp] - (committed[tp] or 0)) for tp in tps}
 
 
 def run_as_current(app: faust.App, message: Message, fn: Callable[..., Any], *args: Any) -> Any:

@@ -279,7 +279,8 @@ class _Live(Collector):
             circuits.add_metric([connector], 1.0 if is_open else 0.0)
         lag = GaugeMetricFamily(
             "secure_session_consumer_lag",
-            "Inbound records not yet decided and committed, by assigned partition",
+            "The group's inbound records not yet decided and committed, by partition (every "
+            "partition: aggregate with max by (partition))",
             labels=["partition"],
         )
         for partition, n in sorted(self._lag().items()):

@@ -251,7 +251,8 @@ def test_metrics_and_health_endpoints(harness: Harness) -> None:
     assert "secure_session_validation_seconds_bucket" in text
     assert 'secure_session_cache_hits_total{bot="secure",organization="acme"} 2.0' in text
     assert 'secure_session_circuit_open{connector="acme/main"} 0.0' in text
-    assert "secure_session_consumer_lag{partition=" in text
+    # the group's lag, every partition of the inbound topic
+    assert len(re.findall(r'^secure_session_consumer_lag\{partition="\d"\}', text, re.M)) == 4
     assert re.search(r"^secure_session_event_loop_lag_seconds_count [1-9]", text, re.M)
     # the four decisions, timed once the broker acknowledged them (just after they can be read)
     deadline = time.monotonic() + 5
