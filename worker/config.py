@@ -114,6 +114,8 @@ class Bot:
     revoked_before: float | None = None
     allow_anonymous: bool = False
     identity_claim: str = "sub"
+    enforcement: Literal["enforce", "monitor"] = "enforce"
+    """monitor: what would be blocked is allowed, marked and audited `would_block`."""
     """introspection: the response claim that names the user."""
     keys: dict[str, str] | None = None
     """jwt: `kid` -> secret reference, for key rotation (tokens without a kid are refused)."""
@@ -247,7 +249,7 @@ def likely_typos(kind: Literal["bot", "connector"], data: Any) -> list[str]:
     return found
 
 
-EXTENSIONS = frozenset({"Enforcement", "RefreshAhead"})
+EXTENSIONS = frozenset({"RefreshAhead"})
 """SecureSessionConfig fields of the contract this version reads nothing from yet: not typos."""
 
 
@@ -327,6 +329,7 @@ def parse_bot(data: Any, source: str) -> Bot:
         allow_anonymous=bool(ssc.get("AllowAnonymous", False)),
         keys=dict(ssc["Keys"]) if ssc.get("Keys") else None,
         identity_claim=ssc.get("IdentityClaim", "sub"),
+        enforcement=ssc.get("Enforcement", "enforce"),
     )
 
 

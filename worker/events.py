@@ -33,8 +33,9 @@ Reason = Literal[
     "unknown_bot",
     "misconfigured",
     "invalid_event",
+    "monitor",
 ]
-AuditKind = Literal["validation", "blocked", "session_ended"]
+AuditKind = Literal["validation", "blocked", "session_ended", "would_block"]
 
 _REQUIRED = ("id", "organization", "bot", "sessionId")
 MAX_ECHO_BYTES = 256 * 1024
@@ -253,6 +254,16 @@ def audit_record(
             "validation": validation,
         }
     )
+
+
+def would_block_headers(
+    validated_at_ms: int, identity: str | None, would: Reason
+) -> list[tuple[str, bytes]]:
+    """A monitor-mode bot's allowed record of a message enforcement would block."""
+    return [
+        *_allowed_headers("monitor", validated_at_ms, identity),
+        ("secure-session-would-block", would.encode()),
+    ]
 
 
 def _allowed_headers(

@@ -79,6 +79,13 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry,
         )
+        self._would_block = Counter(
+            "secure_session_would_block",
+            "Monitor mode: messages allowed that enforcement would have blocked, by "
+            "organization, bot and the reason it would have given",
+            ["organization", "bot", "reason"],
+            registry=self.registry,
+        )
         self.held = Gauge(
             "secure_session_held_messages",
             "Messages waiting for a validation in flight",
@@ -122,6 +129,9 @@ class Metrics:
     def decided(self, reason: str, organization: str, bot: str) -> None:
         self._decisions[(reason, organization, bot)] += 1
 
+    def would_block(self, organization: str, bot: str, reason: str) -> None:
+        self._would_block.labels(organization, bot, reason).inc()
+
     def delivered(self, received: Iterable[float]) -> None:
         """Decision records delivered now, of messages that came in at `received`
         (`time.monotonic()`): one call per delivered batch, not per record."""
@@ -141,7 +151,7 @@ SECURE_REASONS = (
     "token_expired", "token_revoked", "authorization_unavailable", "misconfigured",
 )  # fmt: skip
 """What a secure bot's messages can be decided as (the series made at 0 when it loads)."""
-ALLOWED_REASONS = frozenset({"validated", "cached", "not_required", "fail_open"})
+ALLOWED_REASONS = frozenset({"validated", "cached", "not_required", "fail_open", "monitor"})
 
 
 class _Decisions(Collector):

@@ -60,6 +60,7 @@ from worker.events import (
     fingerprint_strings,
     parse_inbound,
     redacted_event,
+    would_block_headers,
 )
 from worker.metrics import Metrics
 from worker.settings import Topics
@@ -386,6 +387,9 @@ class Pipeline:
         detail: str,
         redact: Callable[[dict[str, Any]], None] | None,
     ) -> None:
+        if bot is not None and bot.enforcement == "monitor" and record.value is not None:
+            await self._would_block(record, bot, reason)
+            return
         # labelled by configured bots only: an event's bot name is the sender's to choose
         if bot is not None:
             self.metrics.decided(reason, bot.organization, bot.name)
@@ -409,6 +413,29 @@ class Pipeline:
             self._topics.audit,
             key,
             audit_record("blocked", who, now_ms, "blocked", reason, None, None),
+        )
+        self._done(record)
+
+    async def _would_block(self, record: _Record, bot: Bot, reason: Reason) -> None:
+        """Monitor mode: allowed byte for byte, marked with what enforcement would do."""
+        assert record.value is not None
+        if len(record.value) > self._max_record_bytes:
+            # too large to forward with headers: blocked, as in enforce mode
+            detail = f"{len(record.value)} bytes: too large to forward with decision headers"
+            await self._block(record, None, "invalid_event", detail, None)
+            return
+        self.metrics.decided("monitor", bot.organization, bot.name)
+        self.metrics.would_block(bot.organization, bot.name, reason)
+        now_ms = self._now_ms()
+        key = _out_key(record)
+        headers = would_block_headers(now_ms, None, reason)
+        await self._send(self._topics.allowed, key, record.value, headers, record.received)
+        await self._send(
+            self._topics.audit,
+            key,
+            audit_record(
+                "would_block", Who.of(record.event), now_ms, "allowed", reason, None, None
+            ),
         )
         self._done(record)
 

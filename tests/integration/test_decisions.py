@@ -30,6 +30,7 @@ def h(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harn
                 bot("closed", alias="quick", FailureMode="closed"),
                 bot("noconn", alias="missing"),
                 bot("nosecret", alias="nosecret"),
+                bot("watched", Enforcement="monitor"),
                 {"Name": "plain", "Organization": "acme", "SecureSession": False},
             ],
             connectors=[
@@ -306,3 +307,21 @@ def test_oversized_and_deeply_nested_records(h: Harness) -> None:
     assert too_big["event"] == {"truncated": True, "bytes": len(orjson.dumps(huge))}
     (deep,) = h.wait_decisions(deep_key, 1)
     assert deep.doc is not None and deep.doc["reason"] == "invalid_event"
+
+
+def test_monitor_mode_allows_what_enforcement_would_block(h: Harness) -> None:
+    """Issue 20, through the topics: the would-be block is allowed byte for byte, marked,
+    audited `would_block`; nothing reaches bot.messages.blocked; calls as in enforce mode."""
+    s, tok = new_session(h, valid=False)
+    good, good_tok = new_session(h)
+    h.send(event(s, "m0", tok, bot="watched"), event(good, "m0", good_tok, bot="watched"))
+    (out,) = h.wait_decisions(s, 1)
+    assert out.topic == "allowed"
+    assert orjson.loads(out.value)["context"]["secureTokenForUser"] == tok  # byte for byte
+    assert out.header_reason == "monitor"
+    assert out.headers["secure-session-would-block"] == b"denied"
+    assert out.headers["secure-session-decision"] == b"allowed"
+    assert reason(h.wait_decisions(good, 1)[0]) == "validated"
+    audits = h.wait(lambda: [a for a in h.audits(s) if a["kind"] == "would_block"], 1, 10, "audit")
+    assert (audits[0]["decision"], audits[0]["reason"]) == ("allowed", "denied")
+    assert h.api.calls[tok] == 1

@@ -65,6 +65,7 @@ def _exported() -> set[str]:
     metrics = Metrics()
     metrics.watch(circuits=lambda: {"acme/api": False}, lag=lambda: {0: 0})
     metrics.decided("cached", "acme", "bot")
+    metrics.would_block("acme", "bot", "denied")
     metrics.validated("baas", "acme/api", "allowed", 0.01)
     return set(
         re.findall(

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import orjson
+from prometheus_client import generate_latest
 
 from worker.config import Registry, parse_bot, parse_connector
 from worker.metrics import Metrics
@@ -205,3 +206,49 @@ async def test_settle_waits_for_what_finishes_within_the_grace() -> None:
     asyncio.get_running_loop().call_later(0.05, gate.open.set)
     assert await p.settle(None, 5, "stopping") == 0  # returns once decided, not at 5 s
     assert acked == [0, 1] and len(sent) == 3  # validation audit + two allowed
+
+
+async def test_monitor_mode_allows_what_it_would_block_marked_and_audited() -> None:
+    """Issue 20: `Enforcement: monitor` (CONTRACT: allowed byte for byte, reason monitor,
+    would-block header; nothing blocked; audited would_block)."""
+    monitor = {
+        **BOT,
+        "Name": "m",
+        "SecureSessionConfig": {**BOT["SecureSessionConfig"], "Enforcement": "monitor"},
+    }
+    sent: list[tuple[str, bytes, dict[str, bytes]]] = []
+
+    async def send(
+        topic: str, key: bytes | None, value: bytes, headers: Any = None, since: Any = None
+    ) -> None:
+        sent.append((topic, value, dict(headers or [])))
+
+    gate = Gate()
+    gate.open.set()
+    p = build(gate.handler, send, more_bots=(monitor,))
+    bad = orjson.dumps(
+        {"id": "x1", "organization": "acme", "bot": "m", "sessionId": "s", "context": {"t": "bad"}}
+    )
+    good = orjson.dumps(
+        {"id": "x2", "organization": "acme", "bot": "m", "sessionId": "u", "context": {"t": "ok"}}
+    )
+    await p.submit(b"s", bad, 0, lambda: None)
+    await p.submit(b"u", good, 0, lambda: None)
+    await p.drain_all()
+    topics = Topics()
+    assert not [t for t, _, _ in sent if t == topics.blocked]
+    allowed = {orjson.loads(v)["id"]: (v, h) for t, v, h in sent if t == topics.allowed}
+    value, headers = allowed["x1"]
+    assert value == bad  # byte for byte
+    assert headers["secure-session-decision"] == b"allowed"
+    assert headers["secure-session-reason"] == b"monitor"
+    assert headers["secure-session-would-block"] == b"denied"
+    assert allowed["x2"][1]["secure-session-reason"] == b"validated"
+    assert "secure-session-would-block" not in allowed["x2"][1]
+    audits = [orjson.loads(v) for t, v, _ in sent if t == topics.audit]
+    would = [a for a in audits if a["kind"] == "would_block"]
+    assert [(a["decision"], a["reason"]) for a in would] == [("allowed", "denied")]
+    text = generate_latest(p.metrics.registry).decode()
+    assert (
+        'secure_session_would_block_total{bot="m",organization="acme",reason="denied"} 1.0' in text
+    )
