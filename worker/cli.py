@@ -460,10 +460,55 @@ def sessions_show(org: str, bot: str, session: str, as_json: bool) -> None:
                 f"  outcome          {'allowed' if s.allowed else 'denied'}\n"
                 f"  identity         {printable(s.identity or '-')}\n"
                 f"  fingerprint      {printable(s.fingerprint)}\n"
+                f"  revoked          {_revoked_line(held.revoked)}\n"
                 f"  token expires    {expires}"
             )
     if held.state is None:
         sys.exit(1)
+
+
+def _revoked_line(revoked: dict[str, Any] | None) -> str:
+    import time
+
+    if revoked is None:
+        return "-"
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(revoked["revokedAt"] / 1000))
+    why = f", {revoked['reason']}" if revoked.get("reason") else ""
+    return printable(f"{at} ({revoked['key']}{why}): validated anew at its next message")
+
+
+@main.command()
+@click.option("--session", nargs=3, metavar="ORG BOT SESSION_ID", help="revoke one session")
+@click.option("--identity", nargs=2, metavar="ORG IDENTITY", help="every session of an identity")
+@click.option("--reason", default="", help="why (kept in the record)")
+@click.option("--lift", is_flag=True, help="lift the revocation instead (a tombstone)")
+def revoke(
+    session: tuple[str, str, str] | None,
+    identity: tuple[str, str] | None,
+    reason: str,
+    lift: bool,
+) -> None:
+    """Stop a session (or every session of an identity) being allowed from cache: its next
+    message is validated anew on every worker (a JWT issued before now is token_revoked)."""
+    import time
+
+    import orjson
+
+    from worker.kafka import publish
+
+    if bool(session) == bool(identity):
+        _fail("give one of --session ORG BOT SESSION_ID or --identity ORG IDENTITY")
+    if session:
+        org, bot_name, session_id = session
+        key = f"{org}/{bot_name}/session/{session_id}"
+    else:
+        assert identity is not None
+        key = f"{identity[0]}/identity/{identity[1]}"
+    settings = _settings()
+    now_ms = int(time.time() * 1000)
+    value = None if lift else orjson.dumps({"revokedAt": now_ms, "reason": reason})
+    _run_client(settings, publish(settings, [(settings.topics.revocations, key, value)]))
+    click.echo(f"{'lifted' if lift else 'revoked'}: {printable(key)}")
 
 
 @main.group()

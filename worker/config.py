@@ -471,11 +471,65 @@ def _unique(items: list[Any], source: str, section: str, field_name: str) -> lis
 
 
 @dataclass
+class Revocations:
+    """What `secure-session.revocations` says is revoked: revokedAt (epoch ms) by key."""
+
+    sessions: dict[str, int] = field(default_factory=dict)
+    """`<organization>/<bot>/<sessionId>`."""
+    identities: dict[str, int] = field(default_factory=dict)
+    """`<organization>/<identity>`."""
+
+    def revoked_at(self, org: str, bot: str, session: str, identity: str | None) -> int | None:
+        """The latest revocation that covers this session (by itself or by its identity)."""
+        found = self.sessions.get(f"{org}/{bot}/{session}")
+        if identity is not None and (by_identity := self.identities.get(f"{org}/{identity}")):
+            found = by_identity if found is None else max(found, by_identity)
+        return found
+
+    def apply(self, key: bytes | None, value: bytes | None) -> None:
+        """One revocation record (null: lifted); a bad one is logged and skipped."""
+        try:
+            name = (key or b"").decode()
+        except UnicodeDecodeError:
+            log.error("skipped revocation record: key is not UTF-8")
+            return
+        parts = name.split("/", 3)
+        if len(parts) == 4 and parts[2] == "session" and all(parts):
+            table, entry = self.sessions, f"{parts[0]}/{parts[1]}/{parts[3]}"
+        elif len(parts) >= 3 and parts[1] == "identity" and parts[0]:
+            table, entry = self.identities, f"{parts[0]}/{name.split('/', 2)[2]}"
+        else:
+            log.error(
+                "skipped revocation record %r: key must be <organization>/<bot>/session/<id> "
+                "or <organization>/identity/<identity>",
+                name[:300],
+            )
+            return
+        if value is None:
+            if table.pop(entry, None) is not None:
+                log.info("revocation lifted: %s", name[:300])
+            return
+        try:
+            doc = orjson.loads(value)
+            revoked_at = doc["revokedAt"]
+            if type(revoked_at) is not int or revoked_at <= 0:
+                raise TypeError
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            log.error(
+                'skipped revocation record %r: value must be {"revokedAt": <epoch ms>}', name[:300]
+            )
+            return
+        table[entry] = revoked_at
+        log.info("revocation in force: %s (since %d)", name[:300], revoked_at)
+
+
+@dataclass
 class Registry:
     """The configuration in force: the file's records, then the topics' on top."""
 
     bots: dict[str, Bot] = field(default_factory=dict)
     connectors: dict[str, Connector] = field(default_factory=dict)
+    revocations: Revocations = field(default_factory=Revocations)
     check_bot: Callable[[Bot, str], None] = field(default=lambda bot, source: None)
     """Checks that need the worker's environment (JWT keys); raises ConfigError."""
 

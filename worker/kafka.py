@@ -59,7 +59,10 @@ async def ensure_topics(settings: Settings) -> dict[str, int]:
         rf = settings.replication_factor
         wanted = [NewTopic(name, inbound, rf) for name in data]
         compact = {"cleanup.policy": "compact"}
-        wanted += [NewTopic(name, 1, rf, topic_configs=compact) for name in (t.bots, t.connectors)]
+        wanted += [
+            NewTopic(name, 1, rf, topic_configs=compact)
+            for name in (t.bots, t.connectors, t.revocations)
+        ]
         # Faust's own: the session table's changelog and its group-leader topic
         wanted.append(NewTopic(changelog_topic(settings), inbound, rf, topic_configs=compact))
         wanted.append(NewTopic(f"{settings.app_id}-__assignor-__leader", 1, rf))
@@ -106,7 +109,11 @@ def _missing_topics(missing: list[NewTopic], why: str) -> str:
 async def follow_config(settings: Settings, registry: Registry, ready: asyncio.Event) -> None:
     """Apply the config topics to `registry` forever; set `ready` once caught up."""
     t = settings.topics
-    kinds: dict[str, Literal["bot", "connector"]] = {t.bots: "bot", t.connectors: "connector"}
+    kinds: dict[str, Literal["bot", "connector", "revocation"]] = {
+        t.bots: "bot",
+        t.connectors: "connector",
+        t.revocations: "revocation",
+    }
     consumer = AIOKafkaConsumer(
         **client_options(settings),
         group_id=None,
@@ -136,8 +143,12 @@ async def follow_config(settings: Settings, registry: Registry, ready: asyncio.E
                 ready.set()
             batches = await consumer.getmany(timeout_ms=500)
             for tp, messages in batches.items():
+                kind = kinds[tp.topic]
                 for m in messages:
-                    registry.apply(kinds[tp.topic], m.key, m.value)
+                    if kind == "revocation":
+                        registry.revocations.apply(m.key, m.value)
+                    else:
+                        registry.apply(kind, m.key, m.value)
             for tp in list(behind):
                 if await consumer.position(tp) >= end[tp]:
                     behind.discard(tp)

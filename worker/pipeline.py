@@ -242,6 +242,12 @@ class Pipeline:
             remote = self._remote[bot.type]
             check = remote.prepare(bot, connector, event)
         state = SessionState.decode(self._reads.get(event.state_key))
+        if state is not None:
+            revoked_at = self._registry.revocations.revoked_at(
+                event.organization, event.bot, event.session_id, state.identity
+            )
+            if revoked_at is not None and state.validated_at_ms < revoked_at:
+                state = None  # validated before a revocation: validated anew, never cached
         decision = decide_message(
             state, check.fingerprint, bot.interval_s, bot.failure_mode, self._now_ms(), waited_for
         )
@@ -250,7 +256,14 @@ class Pipeline:
             return False
         if remote is None:  # a JWT: no I/O, decided in line
             assert isinstance(check, TokenCheck)
-            await self._conclude(record, bot, check, *self._jwt.validate(check))
+            revocations = self._registry.revocations
+
+            def revoked_for(identity: str | None) -> int | None:
+                return revocations.revoked_at(
+                    event.organization, event.bot, event.session_id, identity
+                )
+
+            await self._conclude(record, bot, check, *self._jwt.validate(check, revoked_for))
             return False
         self._lanes.setdefault(event.state_key, deque())
         task = asyncio.create_task(

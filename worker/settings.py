@@ -24,6 +24,7 @@ class Topics:
     audit: str = "secure-session.audit"
     bots: str = "secure-session.bots"
     connectors: str = "secure-session.connectors"
+    revocations: str = "secure-session.revocations"
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +214,7 @@ class Settings:
                 audit=r.get("SECURE_SESSION_TOPIC_AUDIT", str, t.audit),
                 bots=r.get("SECURE_SESSION_TOPIC_BOTS", str, t.bots),
                 connectors=r.get("SECURE_SESSION_TOPIC_CONNECTORS", str, t.connectors),
+                revocations=r.get("SECURE_SESSION_TOPIC_REVOCATIONS", str, t.revocations),
             ),
             config_file=r.get("SECURE_SESSION_CONFIG", Path, None),
             secrets_dir=r.get("SECURE_SESSION_SECRETS_DIR", Path, None),

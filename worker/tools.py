@@ -5,6 +5,7 @@ Both read with their own consumer and no group: they never move the worker's off
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,6 +132,8 @@ class Held:
     partition: int
     offset: int | None
     state: SessionState | None
+    revoked: dict[str, Any] | None = None
+    """The revocation in force for it (`secure-session revoke`): revokedAt, reason, key."""
 
     def as_dict(self) -> dict[str, Any]:
         s = self.state
@@ -146,6 +149,7 @@ class Held:
                 "identity": s.identity,
                 "expiresAt": s.expires_at_ms,
             },
+            "revoked": self.revoked,
         }
 
 
@@ -179,8 +183,52 @@ async def session_state(settings: Settings, org: str, bot: str, session: str) ->
     ]
     live = [h for h in held if h.state is not None]
     if live:  # several only when a session's records went to several partitions
-        return max(live, key=lambda h: h.state.validated_at_ms if h.state else 0)
-    return held[0] if held else Held(key.decode(), topic, home, None, None)
+        chosen = max(live, key=lambda h: h.state.validated_at_ms if h.state else 0)
+    else:
+        chosen = held[0] if held else Held(key.decode(), topic, home, None, None)
+    identity = chosen.state.identity if chosen.state else None
+    revoked = await _revocation(settings, org, bot, session, identity)
+    return dataclasses.replace(chosen, revoked=revoked)
+
+
+async def _revocation(
+    settings: Settings, org: str, bot: str, session: str, identity: str | None
+) -> dict[str, Any] | None:
+    """The latest revocation record in force for this session or its identity."""
+    keys = [f"{org}/{bot}/session/{session}".encode()]
+    if identity is not None:
+        keys.append(f"{org}/identity/{identity}".encode())
+    consumer = _consumer(settings)
+    await start(consumer)
+    try:
+        await consumer.topics()
+        topic = settings.topics.revocations
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        found: dict[bytes, bytes | None] = {}
+        for key in keys:
+            for _offset, value in (await _latest(consumer, key, tps)).values():
+                found[key] = value
+    finally:
+        await consumer.stop()
+    best: dict[str, Any] | None = None
+    for key, value in found.items():
+        if value is None:
+            continue
+        try:
+            doc = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            continue
+        if (
+            isinstance(doc, dict)
+            and isinstance(doc.get("revokedAt"), int)
+            and (best is None or doc["revokedAt"] > best["revokedAt"])
+        ):
+            best = {
+                "revokedAt": doc["revokedAt"],
+                "reason": doc.get("reason", ""),
+                "key": key.decode(),
+            }
+    return best
 
 
 async def _latest(

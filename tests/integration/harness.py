@@ -71,7 +71,7 @@ class Harness:
         self.thread.start()
         self.topics = {
             k: f"{k}.{self.name}"
-            for k in ("inbound", "allowed", "blocked", "audit", "bots", "connectors")
+            for k in ("inbound", "allowed", "blocked", "audit", "bots", "connectors", "revocations")
         }
         self.app_id = f"ss-test-{self.name}"
         self.secrets = self.tmp / "secrets"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -325,3 +326,28 @@ def test_monitor_mode_allows_what_enforcement_would_block(h: Harness) -> None:
     audits = h.wait(lambda: [a for a in h.audits(s) if a["kind"] == "would_block"], 1, 10, "audit")
     assert (audits[0]["decision"], audits[0]["reason"]) == ("allowed", "denied")
     assert h.api.calls[tok] == 1
+
+
+def test_a_revoked_session_is_validated_anew_and_lifting_restores_caching(h: Harness) -> None:
+    """Issue 20, through the topics and the CLI: after `revoke`, the next message read is
+    validated anew (one more call), and after the tombstone the cache is used again."""
+    s, tok = new_session(h)
+
+    def decide(n: int) -> str:
+        h.send(event(s, f"m{n}", tok))
+        return reason(h.wait_decisions(s, n + 1)[-1])
+
+    assert [decide(0), decide(1)] == ["validated", "cached"]
+    done = h.cli("revoke", "--session", "acme", "secure", s, "--reason", "stolen laptop")
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(h.cli("sessions", "show", "acme", "secure", s, "--json").stdout)
+    assert shown["revoked"]["reason"] == "stolen laptop"
+    time.sleep(1.5)  # a live worker reads a revocation within a second
+    assert [decide(2), decide(3)] == ["validated", "cached"]  # anew, then from the new state
+    assert h.api.calls[tok] == 2
+    assert h.cli("revoke", "--session", "acme", "secure", s).returncode == 0
+    assert h.cli("revoke", "--session", "acme", "secure", s, "--lift").returncode == 0
+    time.sleep(1.5)
+    assert decide(4) == "cached"  # lifted: nothing to validate anew
+    assert h.api.calls[tok] == 2
+    assert h.cli("revoke", "--identity", "acme").returncode == 2  # usage: one of the two

@@ -218,3 +218,19 @@ def test_fields_close_to_known_ones_are_warned_about(tmp_path: Path) -> None:
         f"{path}: bots[0]: SecureSessionConfig.FailurMode: unknown field; did you mean "
         "'FailureMode'?",
     )
+
+
+def test_revocation_records_by_session_and_by_identity() -> None:
+    from worker.config import Revocations
+
+    r = Revocations()
+    r.apply(b"acme/bot/session/s/with/slash", b'{"revokedAt": 100, "reason": "x"}')
+    r.apply(b"acme/identity/alice", b'{"revokedAt": 200}')
+    for bad_key, bad_value in ((b"nokind", b'{"revokedAt": 1}'), (b"acme/bot/session/s", b"{}")):
+        r.apply(bad_key, bad_value)  # logged and skipped
+    assert r.revoked_at("acme", "bot", "s/with/slash", None) == 100
+    assert r.revoked_at("acme", "bot", "s/with/slash", "alice") == 200
+    assert r.revoked_at("acme", "other", "x", "alice") == 200  # every session of alice
+    assert r.revoked_at("evil", "bot", "x", "alice") is None  # not another organization's
+    r.apply(b"acme/identity/alice", None)
+    assert r.revoked_at("acme", "other", "x", "alice") is None

@@ -190,3 +190,27 @@ def test_claims_that_are_not_finite_numbers_are_invalid(claims: dict[str, Any]) 
     b = bot(RevokedBefore=NOW - 5)
     outcome, detail, _ = check(token(**claims), b)
     assert outcome == "token_invalid" and "finite number" in detail
+
+
+def test_a_token_issued_before_a_revocation_is_revoked() -> None:
+    from worker.validators.jwt import JwtValidator as V
+
+    b = bot()
+    event = parse_inbound(
+        json.dumps(
+            {
+                "id": "m",
+                "organization": "acme",
+                "bot": "b",
+                "sessionId": "s",
+                "context": {"accessToken": token(iat=NOW - 100)},
+            }  # fmt: skip
+        ).encode()
+    )
+    check = V.prepare(b, event)
+    validator = V(VAULT, clock=lambda: NOW)
+    before = (NOW - 50) * 1000  # revoked after the token was issued
+    result, _ = validator.validate(check, lambda identity: before if identity == "alice" else None)
+    assert result.outcome == "token_revoked"
+    earlier = (NOW - 200) * 1000  # revoked before it: a token issued since is fine
+    assert validator.validate(check, lambda _: earlier)[0].outcome == "allowed"

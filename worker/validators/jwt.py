@@ -60,10 +60,23 @@ class JwtValidator:
         token = token_at(bot, event)
         return TokenCheck(bot, token, fingerprint(token) if token else NO_TOKEN)
 
-    def validate(self, check: TokenCheck) -> tuple[Validation, Report]:
-        """Verify the token now; never raises."""
+    def validate(
+        self, check: TokenCheck, revoked: Callable[[str | None], int | None] = lambda _: None
+    ) -> tuple[Validation, Report]:
+        """Verify the token now; never raises. `revoked(identity)`: when a revocation covers
+        the session or that identity (epoch ms): a token issued before is `token_revoked`."""
         started = self._clock()
         outcome, detail, identity, exp = self.verify(check, started)
+        if outcome == "allowed":
+            at_ms = revoked(identity)
+            iat = _issued_at(check.token)
+            if at_ms is not None and iat is not None and iat * 1000 < at_ms:
+                outcome, detail, identity, exp = (
+                    "token_revoked",
+                    "token issued before a revocation",
+                    None,
+                    None,
+                )
         now = self._clock()
         expires_ms = int(exp * 1000) if exp is not None else None
         token_fp = check.fingerprint if check.token else None
@@ -122,6 +135,15 @@ class JwtValidator:
         except jwt.PyJWTError as exc:
             return "token_invalid", f"invalid token ({exc.__class__.__name__})", None, None
         return _check_claims(bot, claims, now)
+
+
+def _issued_at(token: str | None) -> float | None:
+    """The `iat` of a token already verified (its payload, not checked again)."""
+    try:
+        value = jwt.decode(token or "", options={"verify_signature": False}).get("iat")
+    except jwt.PyJWTError:
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _check_claims(
