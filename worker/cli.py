@@ -494,7 +494,7 @@ def revoke(
 
     import orjson
 
-    from worker.kafka import publish
+    from worker.kafka import ensure_topics, publish
 
     if bool(session) == bool(identity):
         _fail("give one of --session ORG BOT SESSION_ID or --identity ORG IDENTITY")
@@ -507,7 +507,12 @@ def revoke(
     settings = _settings()
     now_ms = int(time.time() * 1000)
     value = None if lift else orjson.dumps({"revokedAt": now_ms, "reason": reason})
-    _run_client(settings, publish(settings, [(settings.topics.revocations, key, value)]))
+
+    async def run() -> None:
+        await ensure_topics(settings)  # the compacted topic, if no worker made it yet
+        await publish(settings, [(settings.topics.revocations, key, value)])
+
+    _run_client(settings, run())
     click.echo(f"{'lifted' if lift else 'revoked'}: {printable(key)}")
 
 
