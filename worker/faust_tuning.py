@@ -149,14 +149,19 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
         return await maybe_async(fun(*args, **kw))  # same loop: no queue, no thread hop
 
     async def seek_wait(self, partitions: Mapping[TP, int]) -> None:
-        """Faust's, with a negative offset read as the partition's start. Faust's recovery
-        computed one when a rebalance landed in the middle of it (seen once in 20 rounds
-        of the close-faults soak): aiokafka refused it, the recovery service crashed, and
-        the worker stopped. Reading a changelog from its start rebuilds the same table."""
-        negative = {tp: offset for tp, offset in partitions.items() if offset < 0}
-        if negative:
-            log.warning("table recovery asked to seek to %s: reading from the start", negative)
-            partitions = {tp: max(offset, 0) for tp, offset in partitions.items()}
+        """Faust's, with a negative or missing offset read as the partition's start. Faust's
+        recovery computed them when a rebalance landed in the middle of it (-1 and None, each
+        once in 20 rounds of the close-faults soak): aiokafka refused them, the recovery
+        service crashed, and the worker stopped. Reading a changelog from its start rebuilds
+        the same table."""
+        unusable = {
+            tp: offset
+            for tp, offset in partitions.items()
+            if not isinstance(offset, int) or offset < 0
+        }
+        if unusable:
+            log.warning("table recovery asked to seek to %s: reading from the start", unusable)
+            partitions = {tp: 0 if tp in unusable else offset for tp, offset in partitions.items()}
         await super().seek_wait(partitions)
 
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:

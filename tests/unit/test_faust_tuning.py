@@ -376,5 +376,6 @@ async def test_a_negative_recovery_seek_reads_from_the_start() -> None:
 
     thread._ensure_consumer = lambda: SimpleNamespace(seek=seek, position=position)
     tp, other = faust.types.TP("changelog", 0), faust.types.TP("changelog", 1)
-    await thread.seek_wait({tp: -2, other: 7})
-    assert sorted(seeks) == [(tp, 0), (other, 7)]
+    missing = faust.types.TP("changelog", 2)
+    await thread.seek_wait({tp: -2, other: 7, missing: None})  # type: ignore[dict-item]
+    assert sorted(seeks) == [(tp, 0), (other, 7), (missing, 0)]
