@@ -33,6 +33,8 @@ from worker.vault import Vault
 
 log = logging.getLogger(__name__)
 
+KAFKA_LOST_AFTER_S = 2.5
+"""No broker connection for this long is a lost connection (logged, metric 0)."""
 LAG_EVERY_S = 5
 """How often the group's inbound lag is read (two requests to the broker)."""
 GROUP_WAIT_NOTICE_S = 5.0
@@ -252,18 +254,27 @@ def create_app(
         if expired:
             log.info("expired %d idle sessions", expired)
 
-    down_since: list[float] = []  # when the consumer lost its last broker connection
+    down_since: list[float] = []  # no connection since; and when that was said (lost)
 
     def watch_kafka() -> None:
+        """Lost: no broker connection for KAFKA_LOST_AFTER_S in a row (a client opening and
+        closing connections, as at a join, has none for a moment: that is not an outage)."""
         connected = faust_tuning.kafka_connected(app)
         if connected is None:
             return
-        pipeline.metrics.kafka_connected.set(connected)
-        if not connected and not down_since:
-            down_since.append(time.monotonic())
+        now = time.monotonic()
+        if connected:
+            pipeline.metrics.kafka_connected.set(1)
+            if down_since and len(down_since) == 2:  # it was said to be lost
+                log.warning("Kafka connection back after %.1f s", now - down_since[0])
+            down_since.clear()
+            return
+        if not down_since:
+            down_since.append(now)
+        elif len(down_since) == 1 and now - down_since[0] >= KAFKA_LOST_AFTER_S:
+            down_since.append(now)
+            pipeline.metrics.kafka_connected.set(0)
             log.warning("Kafka connection lost: retrying; inbound messages wait in Kafka")
-        elif connected and down_since:
-            log.warning("Kafka connection back after %.1f s", time.monotonic() - down_since.pop())
 
     group_lag: dict[int, int] = {}  # the group's inbound lag by partition (every LAG_EVERY_S)
     settling: list[float] = []  # since when the group has been rebalancing; last said at

@@ -32,7 +32,7 @@ def test_missing_topics_are_listed_with_how_to_create_them(broker: Broker) -> No
     with pytest.raises(TopicSetupError) as err:
         asyncio.run(ensure_topics(refused))
     text = str(err.value)
-    assert "8 topics missing" in text and "SECURE_SESSION_CREATE_TOPICS is off" in text
+    assert "9 topics missing" in text and "SECURE_SESSION_CREATE_TOPICS is off" in text
     assert f"--topic {name}.in --partitions 3 --replication-factor 1\n" in text
     assert (
         f"--topic {name}.bots --partitions 1 --replication-factor 1 --config cleanup.policy=compact"
