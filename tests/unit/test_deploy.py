@@ -3,6 +3,9 @@
 docker-compose.yml is validated against the Compose specification's JSON Schema
 (tests/data/compose-spec.json: compose/config/compose_spec.json from the docker-compose
 1.29.2 wheel on PyPI, the version Debian packages; Apache-2.0). No Docker engine needed.
+The CI workflow shipped for users (.github/workflows/ci.yml) is validated the same way,
+against SchemaStore's GitHub workflow schema (tests/data/github-workflow.json, the copy
+vendored in the check-jsonschema 0.39.0 wheel on PyPI; Apache-2.0).
 """
 
 from __future__ import annotations
@@ -27,12 +30,31 @@ DASHBOARD = json.loads((ROOT / "deploy/grafana/dashboards/secure-session.json").
 
 
 def test_compose_file_follows_the_compose_specification() -> None:
-    schema = json.loads((ROOT / "tests/data/compose-spec.json").read_text())
-    errors = [
+    assert schema_errors("compose-spec.json", COMPOSE) == []
+
+
+def schema_errors(schema_file: str, document: object) -> list[str]:
+    schema = json.loads((ROOT / "tests/data" / schema_file).read_text())
+    return [
         f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-        for e in jsonschema.Draft7Validator(schema).iter_errors(COMPOSE)
+        for e in jsonschema.Draft7Validator(schema).iter_errors(document)
     ]
-    assert errors == []
+
+
+@pytest.mark.parametrize("workflow", sorted((ROOT / ".github/workflows").glob("*.yml")))
+def test_ci_workflow_follows_the_github_workflow_schema(workflow: Path) -> None:
+    document = yaml.safe_load(workflow.read_text())
+    document["on"] = document.pop(True)  # YAML 1.1 reads the key `on` as true
+    assert schema_errors("github-workflow.json", document) == []
+    for job in document["jobs"].values():  # every job runs the README's commands
+        assert any(
+            "make " in step.get("run", "") or ".ci/run" in step.get("run", "")
+            for step in job["steps"]
+        )
+
+
+def test_the_workflow_schema_check_can_fail() -> None:
+    assert schema_errors("github-workflow.json", {"on": "push", "jobs": {"a": {"stepz": []}}})
 
 
 def test_compose_refers_to_files_that_exist() -> None:
