@@ -114,9 +114,11 @@ class Bot:
     revoked_before: float | None = None
     allow_anonymous: bool = False
     identity_claim: str = "sub"
+    """introspection: the response claim that names the user."""
     enforcement: Literal["enforce", "monitor"] = "enforce"
     """monitor: what would be blocked is allowed, marked and audited `would_block`."""
-    """introspection: the response claim that names the user."""
+    refresh_ahead: float | None = None
+    """f in (0, 1): a cached message after f x interval starts a background validation."""
     keys: dict[str, str] | None = None
     """jwt: `kid` -> secret reference, for key rotation (tokens without a kid are refused)."""
 
@@ -222,7 +224,7 @@ def likely_typos(kind: Literal["bot", "connector"], data: Any) -> list[str]:
             (
                 "SecureSessionConfig",
                 data.get("SecureSessionConfig"),
-                _known("bot", "$defs", "SecureSessionConfig") | EXTENSIONS,
+                _known("bot", "$defs", "SecureSessionConfig"),
             )
         )
         places.append(("", data, _known("bot")))
@@ -247,10 +249,6 @@ def likely_typos(kind: Literal["bot", "connector"], data: Any) -> list[str]:
                 field_name = f"{where}.{key}" if where else key
                 found.append(f"{field_name}: unknown field; did you mean {close[0]!r}?")
     return found
-
-
-EXTENSIONS = frozenset({"RefreshAhead"})
-"""SecureSessionConfig fields of the contract this version reads nothing from yet: not typos."""
 
 
 def _check_schema(schema: str, data: Any, source: str) -> None:
@@ -330,6 +328,7 @@ def parse_bot(data: Any, source: str) -> Bot:
         keys=dict(ssc["Keys"]) if ssc.get("Keys") else None,
         identity_claim=ssc.get("IdentityClaim", "sub"),
         enforcement=ssc.get("Enforcement", "enforce"),
+        refresh_ahead=ssc.get("RefreshAhead"),
     )
 
 

@@ -86,6 +86,13 @@ class Metrics:
             ["organization", "bot", "reason"],
             registry=self.registry,
         )
+        self._refreshes = Counter(
+            "secure_session_refreshes",
+            "Refresh-ahead validations (started in the background before the interval ran "
+            "out), by organization, bot and outcome",
+            ["organization", "bot", "outcome"],
+            registry=self.registry,
+        )
         self.held = Gauge(
             "secure_session_held_messages",
             "Messages waiting for a validation in flight",
@@ -131,6 +138,9 @@ class Metrics:
 
     def would_block(self, organization: str, bot: str, reason: str) -> None:
         self._would_block.labels(organization, bot, reason).inc()
+
+    def refreshed(self, organization: str, bot: str, outcome: str) -> None:
+        self._refreshes.labels(organization, bot, outcome).inc()
 
     def delivered(self, received: Iterable[float]) -> None:
         """Decision records delivered now, of messages that came in at `received`

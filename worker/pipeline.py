@@ -109,6 +109,7 @@ class _Record:
     order: deque[_Record]
     received: float
     """When it came in (`time.monotonic()`)."""
+    partition: Hashable = None
     event: Inbound | None = None
     origin: Any = None
     """The Kafka message, for table writes on its behalf (see `RunAs`)."""
@@ -160,6 +161,11 @@ class Pipeline:
         self._decided = asyncio.Event()  # set whenever a record is (for `settle`)
         self._calls: dict[bytes, tuple[_Record, asyncio.Task[None]]] = {}
         """The validation that owns each lane, and the record that started it."""
+        self._refreshes: dict[bytes, tuple[Hashable, asyncio.Task[None]]] = {}
+        """Refresh-ahead validations in flight, by session, with their record's partition."""
+        self._refresh_failed: dict[bytes, int] = {}
+        """When a session's last refresh failed (no answer, misconfigured): not tried again
+        within f x interval. Bounded: the oldest entries go first."""
         self.metrics = metrics
         metrics.held.set_function(lambda: self._held)  # read when scraped
 
@@ -183,7 +189,7 @@ class Pipeline:
         order = self._order.get(partition)
         if order is None:
             order = self._order[partition] = deque()
-        record = _Record(key, value, ack, order, time.monotonic(), origin=origin)
+        record = _Record(key, value, ack, order, time.monotonic(), partition, origin=origin)
         order.append(record)
         try:
             record.event = parse_inbound(value)
@@ -253,7 +259,15 @@ class Pipeline:
         )
         if isinstance(decision, Decision):
             await self._apply(record, bot, decision, check.redact)
+            if remote is not None and state is not None and decision.reason == "cached":
+                self._refresh_ahead(record, bot, check, remote, state)
             return False
+        key = event.state_key
+        if key in self._refreshes:  # the interval ran out, or the credential changed,
+            # while a refresh runs: this record waits for it, and the session's next ones
+            self._lanes.setdefault(key, deque()).appendleft(record)
+            self._held += 1
+            return True
         if remote is None:  # a JWT: no I/O, decided in line
             assert isinstance(check, TokenCheck)
             revocations = self._registry.revocations
@@ -291,10 +305,65 @@ class Pipeline:
         finally:
             await self._drain(record.event.state_key, result)
 
+    def _refresh_ahead(
+        self, record: _Record, bot: Bot, check: Check, remote: RemoteValidator, state: SessionState
+    ) -> None:
+        """After f x interval, a cached message starts a validation in the background (one
+        per session at a time, and none within f x interval of a failed one)."""
+        if bot.refresh_ahead is None:
+            return
+        assert record.event is not None
+        key = record.event.state_key
+        now_ms = self._now_ms()
+        ahead_ms = bot.refresh_ahead * bot.interval_s * 1000
+        if now_ms - state.validated_at_ms < ahead_ms or key in self._refreshes:
+            return
+        if now_ms - self._refresh_failed.get(key, -(2**62)) < ahead_ms:
+            return
+        task = asyncio.create_task(self._refresh(record, bot, check, remote))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._refreshes[key] = (record.partition, task)
+
+    async def _refresh(
+        self, record: _Record, bot: Bot, check: Check, remote: RemoteValidator
+    ) -> None:
+        """A refresh-ahead call: its result updates the state and is audited; records that
+        had to wait for it (the interval ran out) are decided by it."""
+        assert record.event is not None
+        key = record.event.state_key
+        result: Validation | None = None
+        try:
+            try:
+                result, report = await remote.validate(check)
+            except asyncio.CancelledError:
+                return  # abandoned: the partition moved, or the worker stops
+            await self._record_validation(record, bot, result, report)
+            self.metrics.refreshed(bot.organization, bot.name, result.outcome)
+            if state_after(result) is None:
+                if len(self._refresh_failed) >= MAX_REFRESH_FAILURES:
+                    del self._refresh_failed[next(iter(self._refresh_failed))]
+                self._refresh_failed[key] = self._now_ms()
+            else:
+                self._refresh_failed.pop(key, None)
+        except Exception:  # noqa: BLE001 - the lane must be drained whatever happens
+            log.exception("internal error refreshing a session", extra=_where(record))
+            result = None
+        finally:
+            del self._refreshes[key]
+            await self._drain(key, result)
+
     async def _conclude(
         self, record: _Record, bot: Bot, check: Check, result: Validation, report: Report
     ) -> None:
-        """Record a validation: state, audit event, and the decision of its message."""
+        """Record a validation, and decide its message by it."""
+        decision = await self._record_validation(record, bot, result, report)
+        await self._apply(record, bot, decision, check.redact)
+
+    async def _record_validation(
+        self, record: _Record, bot: Bot, result: Validation, report: Report
+    ) -> Decision:
+        """A validation's state, metrics and audit event; returns the decision it gives."""
         assert record.event is not None
         self.metrics.validated(
             report.type,
@@ -329,11 +398,13 @@ class Pipeline:
                 report.audit(),
             ),
         )
-        await self._apply(record, bot, decision, check.redact)
+        return decision
 
     async def _drain(self, key: bytes, result: Validation | None) -> None:
-        del self._calls[key]
-        lane = self._lanes[key]
+        self._calls.pop(key, None)
+        lane = self._lanes.get(key)
+        if lane is None:
+            return
         while lane:
             record = lane.popleft()
             self._held -= 1
@@ -538,6 +609,10 @@ class Pipeline:
             if lead is not None and lead.abandoned and task is not None and not task.done():
                 task.cancel()
                 calls += 1
+        for partition, task in list(self._refreshes.values()):
+            if (partitions is None or partition in partitions) and not task.done():
+                task.cancel()  # its state write belongs to the partition's next owner
+                calls += 1
         if self._held < self._max_held:
             self._room.set()
         if left:
@@ -560,6 +635,9 @@ class Pipeline:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
+
+MAX_REFRESH_FAILURES = 100_000
+"""Sessions whose last refresh failed, remembered (so as not to retry at every message)."""
 
 MAX_KEY_BYTES = 4096
 """An inbound key longer than this is not copied to the outputs: its fingerprint is."""

@@ -56,6 +56,16 @@ def test_valid_records_parse_and_unknown_fields_are_kept_and_ignored() -> None:
             "SecureSessionConfig.FailureMode",
             "is not one of",
         ),
+        (
+            {"SecureSessionConfig": {**BOT["SecureSessionConfig"], "RefreshAhead": 1}},  # type: ignore[dict-item]
+            "SecureSessionConfig.RefreshAhead",
+            "greater than or equal to the maximum of 1",
+        ),
+        (
+            {"SecureSessionConfig": {**BOT["SecureSessionConfig"], "RefreshAhead": 0}},  # type: ignore[dict-item]
+            "SecureSessionConfig.RefreshAhead",
+            "less than or equal to the minimum of 0",
+        ),
         ({"Name": 3}, "Name", "is not of type"),
         ({"SecureSession": True, "SecureSessionConfig": None}, "SecureSessionConfig", ""),
     ],

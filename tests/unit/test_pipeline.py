@@ -57,6 +57,7 @@ def build(
     send: Send,
     max_held: int = 100,
     more_bots: tuple[dict[str, Any], ...] = (),
+    clock: Callable[[], float] = time.time,
 ) -> Pipeline:
     """A pipeline over bot acme/b, connector acme/A, an in-memory table and `handler`."""
     registry = Registry()
@@ -69,7 +70,7 @@ def build(
     calls = ConnectorCalls(http, ConnectorAuth(http, vault), CircuitBreaker(100, 1))
     return Pipeline(
         registry=registry,
-        baas=BaasValidator(calls, vault),
+        baas=BaasValidator(calls, vault, clock),
         introspection=IntrospectionValidator(calls, vault),
         jwt=JwtValidator(vault),
         table={},
@@ -77,6 +78,7 @@ def build(
         topics=Topics(),
         max_held=max_held,
         metrics=Metrics(),
+        clock=clock,
     )
 
 
@@ -252,3 +254,164 @@ async def test_monitor_mode_allows_what_it_would_block_marked_and_audited() -> N
     assert (
         'secure_session_would_block_total{bot="m",organization="acme",reason="denied"} 1.0' in text
     )
+
+
+class Api:
+    """An Authorization API whose answer and pace the test sets."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.open = asyncio.Event()
+        self.open.set()
+        self.calls = 0
+
+    async def handler(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        await self.open.wait()
+        return httpx.Response(self.status)
+
+
+def refreshing(api: Api, f: float | None = 0.5) -> tuple[Pipeline, list[Any], list[float]]:
+    """Bot acme/r (interval 60 s, RefreshAhead f) on a clock the test moves (now[0], s)."""
+    ssc = {**BOT["SecureSessionConfig"]}
+    if f is not None:
+        ssc["RefreshAhead"] = f
+    bot = {**BOT, "Name": "r", "SecureSessionConfig": ssc}
+    now = [1_000.0]
+    out: list[Any] = []
+
+    async def send(
+        topic: str, key: bytes | None, value: bytes, headers: Any = None, since: Any = None
+    ) -> None:
+        doc = orjson.loads(value)
+        if topic == Topics().allowed:
+            out.append((doc["id"], dict(headers)["secure-session-reason"].decode()))
+        elif topic == Topics().blocked:
+            out.append((doc["messageId"], doc["reason"]))
+        else:
+            out.append(("audit", doc["kind"], doc["reason"]))
+
+    return build(api.handler, send, more_bots=(bot,), clock=lambda: now[0]), out, now
+
+
+def rev(i: int) -> bytes:
+    doc = {"id": f"m{i}", "organization": "acme", "bot": "r", "sessionId": "s", "context": {}}
+    return orjson.dumps({**doc, "context": {"t": "ok"}})
+
+
+async def message(p: Pipeline, i: int, partition: Any = 0) -> None:
+    await p.submit(b"s", rev(i), partition, lambda: None)
+    await asyncio.sleep(0)  # a started refresh reaches its call
+
+
+async def test_refresh_ahead_validates_in_the_background_and_nothing_waits() -> None:
+    """Issue 20 (CONTRACT "Refresh ahead"): after f x interval a cached message is allowed
+    at once and starts one validation; its success moves the interval on."""
+    api = Api()
+    p, out, now = refreshing(api)
+    await message(p, 0)  # validated at t=0
+    await p.drain_all()
+    now[0] += 20
+    await message(p, 1)  # before f x interval: cached, no call
+    assert api.calls == 1
+    api.open.clear()
+    now[0] += 15  # t=35 > 30
+    await message(p, 2)
+    await message(p, 3)  # one refresh in flight at a time
+    assert out[-2:] == [("m2", "cached"), ("m3", "cached")]  # allowed before the call ends
+    assert api.calls == 2
+    api.open.set()
+    await p.drain_all()
+    assert out[-1] == ("audit", "validation", "validated")  # the refresh is audited
+    now[0] += 40  # t=75: past t=0's interval, within the refresh's (t=35)
+    await message(p, 4)
+    await p.drain_all()
+    assert ("m4", "cached") in out
+    assert api.calls == 3  # 75 - 35 > 30: the next refresh
+    text = generate_latest(p.metrics.registry).decode()
+    assert (
+        'secure_session_refreshes_total{bot="r",organization="acme",outcome="allowed"} 2.0' in text
+    )
+
+
+async def test_past_the_interval_a_message_waits_for_the_refresh_in_flight() -> None:
+    """Nothing is allowed past the interval without a successful validation: a message
+    that comes once it ran out waits for the refresh, and a denial blocks it."""
+    api = Api()
+    p, out, now = refreshing(api)
+    await message(p, 0)
+    await p.drain_all()
+    api.open.clear()
+    api.status = 403
+    now[0] += 45
+    await message(p, 1)  # cached, refresh starts
+    now[0] += 20  # t=65: the interval ran out while the refresh runs
+    await message(p, 2)
+    await message(p, 3)  # behind it, in order
+    assert out[-1] == ("m1", "cached") and api.calls == 2
+    api.open.set()
+    await p.drain_all()
+    assert ("audit", "validation", "denied") in out
+    assert [o for o in out if o[0] in ("m2", "m3")] == [("m2", "denied"), ("m3", "denied")]
+    assert api.calls == 2  # decided by the refresh, not by calls of their own
+
+
+async def test_a_denied_refresh_blocks_the_messages_after_it_within_the_interval() -> None:
+    api = Api()
+    p, out, now = refreshing(api)
+    await message(p, 0)
+    await p.drain_all()
+    api.status = 403
+    now[0] += 40
+    await message(p, 1)  # cached; its refresh is denied
+    await p.drain_all()
+    now[0] += 1  # t=41: within t=0's interval, but the session was denied since
+    await message(p, 2)
+    await p.drain_all()
+    assert out[-2][0] == "m2" and out[-2][1] == "denied"
+
+
+async def test_a_failed_refresh_is_not_retried_at_every_message() -> None:
+    """No answer (503): the state stays, messages stay cached within the interval, and
+    the next refresh waits f x interval; past the interval the failure mode applies."""
+    api = Api()
+    p, out, now = refreshing(api)
+    await message(p, 0)
+    await p.drain_all()
+    api.status = 503
+    now[0] += 31
+    for i in range(1, 6):
+        await message(p, i)
+        await p.drain_all()
+        now[0] += 1
+    assert api.calls == 2
+    assert [o[1] for o in out if o[0] in {f"m{i}" for i in range(1, 6)}] == ["cached"] * 5
+    now[0] += 61 - 36  # t=61: past the interval: validated in line, fail closed
+    await message(p, 6)
+    await p.drain_all()
+    assert ("m6", "authorization_unavailable") in out and api.calls == 3
+
+
+async def test_without_refresh_ahead_nothing_is_called_within_the_interval() -> None:
+    api = Api()
+    p, out, now = refreshing(api, f=None)
+    await message(p, 0)
+    await p.drain_all()
+    now[0] += 59
+    await message(p, 1)
+    await p.drain_all()
+    assert api.calls == 1 and out[-1] == ("m1", "cached")
+
+
+async def test_a_revoke_cancels_the_refreshes_of_the_partition() -> None:
+    api = Api()
+    p, out, now = refreshing(api)
+    await message(p, 0, "p0")
+    await p.drain_all()
+    api.open.clear()
+    now[0] += 40
+    await message(p, 1, "p0")
+    assert api.calls == 2
+    await p.settle({"p0"}, 0.01, "rebalance")
+    await p.drain_all()  # returns: the refresh was cancelled, nothing written
+    assert out[-1] == ("m1", "cached")
