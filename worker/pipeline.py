@@ -425,6 +425,9 @@ class Pipeline:
             partition: int | None = state.partition  # where it is stored, whatever this one's
         else:
             partition = getattr(record.origin, "partition", None)
+        refresh = self._refreshes.get(event.state_key)
+        if refresh is not None:
+            refresh[1].cancel()  # it would write the ended session's state back
         self._forget(event.state_key, partition)
         now_ms = self._now_ms()
         self.metrics.decided("session_ended", event.organization, event.bot)

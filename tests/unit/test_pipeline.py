@@ -415,3 +415,20 @@ async def test_a_revoke_cancels_the_refreshes_of_the_partition() -> None:
     await p.settle({"p0"}, 0.01, "rebalance")
     await p.drain_all()  # returns: the refresh was cancelled, nothing written
     assert out[-1] == ("m1", "cached")
+
+
+async def test_a_session_ended_during_a_refresh_stays_ended() -> None:
+    api = Api()
+    p, out, now = refreshing(api)
+    await message(p, 0)
+    await p.drain_all()
+    api.open.clear()
+    now[0] += 40
+    await message(p, 1)  # its refresh waits
+    end = {"id": "e", "organization": "acme", "bot": "r", "sessionId": "s", "type": "session_end"}
+    await p.submit(b"s", orjson.dumps(end), 0, lambda: None)
+    api.open.set()
+    await p.drain_all()
+    await message(p, 2)  # a new session: validated, not cached from the old state
+    await p.drain_all()
+    assert ("m2", "validated") in out and api.calls == 3
