@@ -29,7 +29,7 @@ from tests.soak.report import write_block
 pytestmark = pytest.mark.integration
 
 SESSIONS = int(os.environ.get("SOAK_SESSIONS", 1000))
-PER_SESSION = int(os.environ.get("SOAK_PER_SESSION", 20))  # make soak: 50
+PER_SESSION = int(os.environ.get("SOAK_PER_SESSION", 10))  # make soak: 50
 
 
 @pytest.mark.timeout(600)  # three workers, 51,000 messages, a rebalance after a kill -9

@@ -1,6 +1,6 @@
 """A rolling restart of a 3-worker group re-validates no session (issue 16).
 
-ROLLING_SESSIONS sessions (2,000 in `make test`, 100,000 in `make soak`) hold a valid
+ROLLING_SESSIONS sessions (1,000 in `make test`, 100,000 in `make soak`) hold a valid
 state: up to PREFILL_ABOVE they are validated once each by the group of three workers;
 beyond, their states are written to the table's changelog before the workers start, in
 the worker's own format (on tansu the workers' one-record changelog batches validate
@@ -33,7 +33,7 @@ from tests.soak.report import write_block
 
 pytestmark = pytest.mark.integration
 
-SESSIONS = int(os.environ.get("ROLLING_SESSIONS", 2_000))
+SESSIONS = int(os.environ.get("ROLLING_SESSIONS", 1_000))
 PREFILL_ABOVE = 20_000
 PARTITIONS = 4  # the harness's SECURE_SESSION_PARTITIONS
 
