@@ -35,6 +35,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Container,
+    Coroutine,
     Hashable,
     Mapping,
     MutableMapping,
@@ -259,7 +260,8 @@ class Pipeline:
         )
         if isinstance(decision, Decision):
             await self._apply(record, bot, decision, check.redact)
-            if remote is not None and state is not None and decision.reason == "cached":
+            ahead = bot.refresh_ahead is not None and decision.reason == "cached"
+            if ahead and remote is not None and state is not None:
                 self._refresh_ahead(record, bot, check, remote, state)
             return False
         key = event.state_key
@@ -280,13 +282,15 @@ class Pipeline:
             await self._conclude(record, bot, check, *self._jwt.validate(check, revoked_for))
             return False
         self._lanes.setdefault(event.state_key, deque())
-        task = asyncio.create_task(
-            self._call(record, bot, check, remote),
-        )
+        self._calls[event.state_key] = (record, self._spawn(self._call(record, bot, check, remote)))
+        return True
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A validation's task, kept until it ends (`drain_all` waits for them)."""
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        self._calls[event.state_key] = (record, task)
-        return True
+        return task
 
     async def _call(self, record: _Record, bot: Bot, check: Check, remote: RemoteValidator) -> None:
         """A call to a service, in its own task; then the session's waiting records."""
@@ -310,9 +314,7 @@ class Pipeline:
     ) -> None:
         """After f x interval, a cached message starts a validation in the background (one
         per session at a time, and none within f x interval of a failed one)."""
-        if bot.refresh_ahead is None:
-            return
-        assert record.event is not None
+        assert record.event is not None and bot.refresh_ahead is not None
         key = record.event.state_key
         now_ms = self._now_ms()
         ahead_ms = bot.refresh_ahead * bot.interval_s * 1000
@@ -320,10 +322,10 @@ class Pipeline:
             return
         if now_ms - self._refresh_failed.get(key, -(2**62)) < ahead_ms:
             return
-        task = asyncio.create_task(self._refresh(record, bot, check, remote))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        self._refreshes[key] = (record.partition, task)
+        self._refreshes[key] = (
+            record.partition,
+            self._spawn(self._refresh(record, bot, check, remote)),
+        )
 
     async def _refresh(
         self, record: _Record, bot: Bot, check: Check, remote: RemoteValidator
