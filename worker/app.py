@@ -13,6 +13,7 @@ import faust
 from faust.types import TP, Message
 
 from worker import faust_tuning, store
+from worker.audit import Sealer, signing_key
 from worker.config import Registry
 from worker.events import configure_fingerprints
 from worker.expiry import sweep
@@ -138,6 +139,7 @@ def create_app(
         ),
     )
     vault = Vault(settings.secrets_dir, settings.environ)
+    audit_key = signing_key(settings)
     breaker = CircuitBreaker(settings.circuit_failures, settings.circuit_cooldown_s)
     limits = TenantLimits(
         settings.max_calls_per_org, settings.max_calls_per_connector, settings.max_queued_calls
@@ -193,6 +195,7 @@ def create_app(
         metrics=metrics,
         run_as=lambda origin, fn, *args: faust_tuning.run_as_current(app, origin, fn, *args),
         forget=forget,
+        sealer=None if audit_key is None else Sealer(audit_key),
     )
     pipeline.metrics.watch(
         circuits=breaker.open_states,

@@ -74,6 +74,7 @@ def worker() -> None:
 
     from worker import logs
     from worker.app import create_app
+    from worker.audit import signing_key
     from worker.config import Registry, load_file
     from worker.kafka import ensure_topics
     from worker.validators.jwt import key_checker
@@ -89,6 +90,10 @@ def worker() -> None:
         registry = Registry.from_file(config, key_checker(vault_of(settings)))
     except ConfigError as exc:
         _fail(f"configuration refused: {exc}")
+    try:
+        signing_key(settings)  # refused now, not once the broker answers
+    except SecureSessionError as exc:
+        _fail(f"bad setting {exc}")
     log_config = logs.config(settings.log_level, settings.log_format)
     logging.config.dictConfig(log_config)
     for warning in config.warnings if config is not None else ():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import functools
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -27,14 +27,58 @@ Outcome = Literal[
 ]
 
 
-STATE_VERSION: Final = 2
+STATE_VERSION: Final = 3
 """The stored state's layout. 1 (before 0.6): `[validated_at, allowed, fingerprint,
 identity, expires_at]`; 2: `[2, validated_at, allowed, fingerprint, identity, expires_at,
-partition]`. A worker reads every older version; a newer or unknown one is no state."""
+partition]`; 3: version 2's fields then the audit chain, `[3, …, partition, [seq, digest,
+base_seq, base_digest, chain_partition, chain_offset]]`, written only with a chain (so a
+worker without an audit key writes version 2). A worker reads every older version; a
+newer or unknown one is no state."""
 
 UNREADABLE: collections.Counter[str] = collections.Counter()
 """Stored states read as no state, by why (`unknown_version`, `malformed`): each distinct
 stored value is counted once (decoding is cached). Exported by worker/metrics.py."""
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """Where a session's audit chain stands (worker/audit.py): its last event's seq and
+    digest, and the inbound record whose events last moved it (`partition`, `offset`) with
+    where the chain stood before them (`base_*`). That record, read again after a crash,
+    writes its events again from the base: duplicates, never a gap."""
+
+    seq: int
+    digest: str
+    base_seq: int = 0
+    base_digest: str = ""
+    partition: int | None = None
+    offset: int | None = None
+
+    def encode(self) -> list[Any]:
+        return [self.seq, self.digest, self.base_seq, self.base_digest, self.partition, self.offset]
+
+    @staticmethod
+    def decode(doc: Any) -> Chain | None | Literal[False]:
+        """The chain in `doc` (None: none); False when it is not a chain."""
+        if doc is None:
+            return None
+        if not (isinstance(doc, list) and len(doc) == 6):
+            return False
+        seq, digest, base_seq, base_digest, partition, offset = doc
+        if (
+            type(seq) is int
+            and type(digest) is str
+            and type(base_seq) is int
+            and type(base_digest) is str
+            and (partition is None or type(partition) is int)
+            and (offset is None or type(offset) is int)
+        ):
+            return Chain(seq, digest, base_seq, base_digest, partition, offset)
+        return False
+
+    def moved_by(self, partition: int | None, offset: int | None) -> bool:
+        """Whether the inbound record at (`partition`, `offset`) last moved the chain."""
+        return offset is not None and self.offset == offset and self.partition == partition
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,19 +97,22 @@ class SessionState:
     partition: int | None = None
     """The table partition it is stored in (its inbound record's): the one source of where
     a session's state lives, for its tombstones (expiry, session_end). None: version 1."""
+    chain: Chain | None = None
+    """Its audit chain, when audit events are signed."""
 
     def encode(self) -> bytes:
-        return orjson.dumps(
-            [
-                STATE_VERSION,
-                self.validated_at_ms,
-                self.allowed,
-                self.fingerprint,
-                self.identity,
-                self.expires_at_ms,
-                self.partition,
-            ]
-        )
+        fields: list[Any] = [
+            2 if self.chain is None else STATE_VERSION,
+            self.validated_at_ms,
+            self.allowed,
+            self.fingerprint,
+            self.identity,
+            self.expires_at_ms,
+            self.partition,
+        ]
+        if self.chain is not None:
+            fields.append(self.chain.encode())
+        return orjson.dumps(fields)
 
     @staticmethod
     def decode(raw: bytes | None) -> SessionState | None:
@@ -73,6 +120,10 @@ class SessionState:
         if raw is None:
             return None
         return _decode(raw) if len(raw) <= 4096 else _decode.__wrapped__(raw)
+
+
+_FIELDS: Final = {1: 5, 2: 6, 3: 7}
+"""Fields after the version, by version."""
 
 
 @functools.lru_cache(maxsize=2**16)  # a session's messages read the same value again and again
@@ -84,9 +135,10 @@ def _decode(raw: bytes) -> SessionState | None:
     if isinstance(doc, list) and doc and type(doc[0]) is int:
         version = 1 if len(doc) == 5 and doc[0] > 1_000 else doc[0]  # 1 starts with a time
         fields = doc if version == 1 else doc[1:]
-        if version in (1, 2) and len(fields) == (5 if version == 1 else 6):
+        if version in _FIELDS and len(fields) == _FIELDS[version]:
             at, allowed, fp, identity, exp, *rest = fields
             partition = rest[0] if rest else None
+            chain = Chain.decode(rest[1]) if len(rest) > 1 else None
             if (
                 type(at) is int
                 and type(allowed) is bool
@@ -94,9 +146,10 @@ def _decode(raw: bytes) -> SessionState | None:
                 and (identity is None or type(identity) is str)
                 and (exp is None or type(exp) is int)
                 and (partition is None or type(partition) is int)
+                and chain is not False
             ):
-                return SessionState(at, allowed, fp, identity, exp, partition)
-        elif 2 < version <= 1_000:
+                return SessionState(at, allowed, fp, identity, exp, partition, chain)
+        elif STATE_VERSION < version <= 1_000:
             UNREADABLE["unknown_version"] += 1  # written by a newer worker: validate again
             return None
     UNREADABLE["malformed"] += 1

@@ -230,7 +230,7 @@ def blocked_record(
     )
 
 
-def audit_record(
+def audit_event(
     kind: AuditKind,
     who: Who,
     time_ms: int,
@@ -238,22 +238,21 @@ def audit_record(
     reason: Reason | None,
     identity: str | None,
     validation: dict[str, Any] | None,
-) -> bytes:
-    return orjson.dumps(
-        {
-            "auditId": str(uuid.uuid4()),
-            "time": time_ms,
-            "kind": kind,
-            "organization": who.organization,
-            "bot": who.bot,
-            "sessionId": who.session_id,
-            "messageId": who.message_id,
-            "decision": decision,
-            "reason": reason,
-            "identity": identity,
-            "validation": validation,
-        }
-    )
+) -> dict[str, Any]:
+    """An audit event, to be written as it is or sealed (worker/audit.py)."""
+    return {
+        "auditId": str(uuid.uuid4()),
+        "time": time_ms,
+        "kind": kind,
+        "organization": who.organization,
+        "bot": who.bot,
+        "sessionId": who.session_id,
+        "messageId": who.message_id,
+        "decision": decision,
+        "reason": reason,
+        "identity": identity,
+        "validation": validation,
+    }
 
 
 def would_block_headers(

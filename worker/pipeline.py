@@ -41,21 +41,23 @@ from collections.abc import (
     MutableMapping,
     Sequence,
 )
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Final, Literal, Protocol
 
 import orjson
 
+from worker.audit import START, Link, Sealer
 from worker.config import Bot, Registry
-from worker.decide import Decision, SessionState, Validation, state_after, verdict
+from worker.decide import Chain, Decision, SessionState, Validation, state_after, verdict
 from worker.decide import decide as decide_message
 from worker.errors import InvalidEvent
 from worker.events import (
+    AuditKind,
     Inbound,
     Reason,
     Who,
     allowed_headers,
-    audit_record,
+    audit_event,
     blocked_record,
     fingerprint,
     fingerprint_strings,
@@ -117,6 +119,16 @@ class _Record:
     done: bool = False
     abandoned: bool = False
     """Given up (rebalance or stop): never decided, sent or acked here."""
+    chained: bool = False
+    """It wrote a signed audit event (its next ones follow that one)."""
+
+
+class _Read:
+    __slots__ = ()
+
+
+READ: Final = _Read()
+"""`_audit`'s default state: the table's."""
 
 
 class Pipeline:
@@ -139,6 +151,7 @@ class Pipeline:
         forget: Forget | None = None,
         clock: Callable[[], float] = time.time,
         reads: Mapping[bytes, bytes] | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
         self._registry = registry
         self._remote: dict[str, RemoteValidator] = {"baas": baas, "introspection": introspection}
@@ -153,6 +166,7 @@ class Pipeline:
         self._run_as = run_as
         self._forget: Forget = forget if forget is not None else self._pop_state
         self._clock = clock
+        self._sealer = sealer
         self._lanes: dict[bytes, deque[_Record]] = {}
         self._order: dict[Hashable, deque[_Record]] = {}
         self._held = 0
@@ -229,7 +243,7 @@ class Pipeline:
             await self._block(record, None, "unknown_bot", detail, None)
             return False
         if event.type == "session_end":
-            await self._end_session(record)
+            await self._end_session(record, bot)
             return False
         if not bot.secure:
             now_ms = self._now_ms()
@@ -255,6 +269,10 @@ class Pipeline:
             )
             if revoked_at is not None and state.validated_at_ms < revoked_at:
                 state = None  # validated before a revocation: validated anew, never cached
+            elif state.chain is not None and not record.chained and _moved(state.chain, record):
+                # read again after a crash: decided anew, so that the events it wrote (or
+                # that were lost with the crash) are written again in their place
+                state = None
         decision = decide_message(
             state, check.fingerprint, bot.interval_s, bot.failure_mode, self._now_ms(), waited_for
         )
@@ -375,8 +393,13 @@ class Pipeline:
         )
         new_state = state_after(result, getattr(record.origin, "partition", None))
         key = record.event.state_key
-        if new_state is not None and new_state.identity is not None:
-            old = SessionState.decode(self._reads.get(key))
+        sealing = self._sealer is not None
+        old = (
+            SessionState.decode(self._reads.get(key))
+            if sealing or (new_state is not None and new_state.identity is not None)
+            else None
+        )
+        if new_state is not None and new_state.identity is not None:  # noqa: SIM102
             if old is not None and old.identity not in (None, new_state.identity):
                 log.warning(
                     "identity changed in session: %s -> %s",
@@ -384,21 +407,20 @@ class Pipeline:
                     new_state.identity,
                     extra=_where(record),
                 )
-        if new_state is not None:
+        if new_state is not None and old is not None and old.chain is not None:
+            new_state = replace(new_state, chain=old.chain)
+        if new_state is not None and not sealing:  # sealing: written with its chain, below
             self._run_as(record.origin, self._table.__setitem__, key, new_state.encode())
         decision = verdict(result, bot.failure_mode, first=True)
-        await self._send(
-            self._topics.audit,
-            _out_key(record),
-            audit_record(
-                "validation",
-                Who.of(record.event),
-                self._now_ms(),
-                "allowed" if decision.allowed else "blocked",
-                decision.reason,
-                decision.identity,
-                report.audit(),
-            ),
+        await self._audit(
+            record,
+            bot,
+            "validation",
+            "allowed" if decision.allowed else "blocked",
+            decision.reason,
+            decision.identity,
+            report.audit(),
+            state=new_state or old,
         )
         return decision
 
@@ -419,7 +441,7 @@ class Pipeline:
                 return  # its validation owns the lane now
         del self._lanes[key]
 
-    async def _end_session(self, record: _Record) -> None:
+    async def _end_session(self, record: _Record, bot: Bot) -> None:
         event = record.event
         assert event is not None
         state = SessionState.decode(self._reads.get(event.state_key))
@@ -430,14 +452,10 @@ class Pipeline:
         refresh = self._refreshes.get(event.state_key)
         if refresh is not None:
             refresh[1].cancel()  # it would write the ended session's state back
-        self._forget(event.state_key, partition)
-        now_ms = self._now_ms()
         self.metrics.decided("session_ended", event.organization, event.bot)
-        await self._send(
-            self._topics.audit,
-            _out_key(record),
-            audit_record("session_ended", Who.of(event), now_ms, None, None, None, None),
-        )
+        # the chain's last event; the state (and the chain with it) is forgotten
+        await self._audit(record, bot, "session_ended", state=state, store=False)
+        self._forget(event.state_key, partition)
         self._done(record)
 
     async def _apply(
@@ -498,11 +516,7 @@ class Pipeline:
             cut = {"truncated": True, "bytes": len(record.value or b"")}
             value = blocked_record(who, reason, detail[:1024], error_message, cut, now_ms)
         await self._send(self._topics.blocked, key, value, since=record.received)
-        await self._send(
-            self._topics.audit,
-            key,
-            audit_record("blocked", who, now_ms, "blocked", reason, None, None),
-        )
+        await self._audit(record, bot, "blocked", "blocked", reason)
         self._done(record)
 
     async def _would_block(self, record: _Record, bot: Bot, reason: Reason) -> None:
@@ -519,14 +533,59 @@ class Pipeline:
         key = _out_key(record)
         headers = would_block_headers(now_ms, None, reason)
         await self._send(self._topics.allowed, key, record.value, headers, record.received)
-        await self._send(
-            self._topics.audit,
-            key,
-            audit_record(
-                "would_block", Who.of(record.event), now_ms, "allowed", reason, None, None
-            ),
-        )
+        await self._audit(record, bot, "would_block", "allowed", reason)
         self._done(record)
+
+    async def _audit(
+        self,
+        record: _Record,
+        bot: Bot | None,
+        kind: AuditKind,
+        decision: Literal["allowed", "blocked"] | None = None,
+        reason: Reason | None = None,
+        identity: str | None = None,
+        validation: dict[str, Any] | None = None,
+        *,
+        state: SessionState | None | _Read = READ,
+        store: bool = True,
+    ) -> None:
+        """Write an audit event: signed and chained when there is a key (worker/audit.py),
+        the session's chain stored with its `state` (READ: as the table has it)."""
+        event = record.event
+        doc = audit_event(
+            kind, Who.of(event), self._now_ms(), decision, reason, identity, validation
+        )
+        key = _audit_key(record)
+        sealer = self._sealer
+        if sealer is None:
+            await self._send(self._topics.audit, key, orjson.dumps(doc))
+            return
+        if bot is None or event is None:  # no session state to carry a chain: its own
+            await self._send(self._topics.audit, key, sealer.seal(doc, START)[0])
+            return
+        if isinstance(state, _Read):
+            state = SessionState.decode(self._reads.get(event.state_key))
+        chain = state.chain if state is not None else None
+        partition = getattr(record.origin, "partition", None)
+        if chain is None:
+            after = base = START
+        elif record.chained:  # its second event (a validation, then its block)
+            after, base = Link(chain.seq, chain.digest), Link(chain.base_seq, chain.base_digest)
+        elif _moved(chain, record):  # read again after a crash: from where it began
+            after = base = Link(chain.base_seq, chain.base_digest)
+        else:
+            after = base = Link(chain.seq, chain.digest)
+        record.chained = True
+        value, link = sealer.seal(doc, after)
+        if store:
+            offset = getattr(record.origin, "offset", None)
+            chain = Chain(link.seq, link.digest, base.seq, base.digest, partition, offset)
+            if state is None:  # a chain before any stored validation: never reused
+                state = SessionState(self._now_ms(), False, "", None, None, partition, chain)
+            else:
+                state = replace(state, chain=chain)
+            self._run_as(record.origin, self._table.__setitem__, event.state_key, state.encode())
+        await self._send(self._topics.audit, key, value)
 
     def _known_redaction(self, record: _Record) -> Callable[[dict[str, Any]], None] | None:
         """For a record blocked before its check was made (invalid, internal error): the
@@ -639,6 +698,23 @@ class Pipeline:
         """Wait for every validation in flight (and what waits behind it) to finish."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _moved(chain: Chain, record: _Record) -> bool:
+    """Whether `record` moved the chain last (it is read again after a crash)."""
+    origin = record.origin
+    return chain.moved_by(getattr(origin, "partition", None), getattr(origin, "offset", None))
+
+
+def _audit_key(record: _Record) -> bytes | None:
+    """The session id (one session's chain in one audit partition)."""
+    event = record.event
+    if event is None:
+        return _out_key(record)
+    session = event.session_id.encode()
+    if len(session) > MAX_KEY_BYTES:
+        return fingerprint(event.session_id).encode()
+    return session
 
 
 MAX_REFRESH_FAILURES = 100_000

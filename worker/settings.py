@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from worker.errors import SettingsError
+from worker.vault import check_ref
 
 T = TypeVar("T")
 
@@ -184,6 +185,11 @@ class Settings:
     stall_warning_s: float = 300.0
     """A partition with records waiting that hands none over for this long is logged as
     stalled (Faust's `stream_processing_timeout`, fed by the worker's intake)."""
+    audit_key_ref: str | None = None
+    """The vault reference of the key that chains and signs audit events (None: unsigned)."""
+    audit_verify_key_refs: tuple[str, ...] = ()
+    """Earlier keys `audit verify` still accepts (key rotation); the worker never signs
+    with them."""
     client_id: str = "secure-session"
     """The Kafka client id the broker sees (`KAFKA_CLIENT_ID`; Faust alone says faust-0.15.3)."""
     origins: tuple[tuple[str, str, str], ...] = field(default=(), compare=False, repr=False)
@@ -289,6 +295,10 @@ class Settings:
             ),
             security=_security(r),
             client_id=r.get("KAFKA_CLIENT_ID", str, d.client_id),
+            audit_key_ref=r.get("SECURE_SESSION_AUDIT_KEY_REF", _vault_ref, None),
+            audit_verify_key_refs=r.get(
+                "SECURE_SESSION_AUDIT_VERIFY_KEY_REFS", _vault_refs, d.audit_verify_key_refs
+            ),
             environ=env,
             origins=tuple(r.seen),  # last: every read above is in it
         )
@@ -402,6 +412,17 @@ def _security(r: _Reader) -> KafkaSecurity:
             f"{getattr(exc, 'reason', None) or exc.strerror or 'invalid'}",
         ) from None
     return security
+
+
+def _vault_ref(raw: str) -> str:
+    why = check_ref(raw)
+    if why is not None:
+        raise ValueError(why)
+    return raw
+
+
+def _vault_refs(raw: str) -> tuple[str, ...]:
+    return tuple(_vault_ref(part.strip()) for part in raw.split(",") if part.strip())
 
 
 def _allowlist(raw: str) -> tuple[str, ...]:

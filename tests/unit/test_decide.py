@@ -129,7 +129,7 @@ def test_every_older_state_version_is_read() -> None:
 
 def test_an_unknown_version_is_no_state_and_counted() -> None:
     before = UNREADABLE["unknown_version"]
-    newer = b'[3,1763700000000,true,"sha256:0123456789abcdef",null,null,0,"more"]'
+    newer = b'[4,1763700000000,true,"sha256:0123456789abcdef",null,null,0,"more"]'
     assert SessionState.decode(newer) is None  # one validation, then a state of this version
     assert UNREADABLE["unknown_version"] == before + 1
 
