@@ -17,8 +17,12 @@ tampering (docs/contract.md, "Audit integrity").
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import hmac
+import os
+import socket
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -86,6 +90,29 @@ def verifying_keys(settings: Settings) -> list[bytes]:
         for ref in settings.audit_verify_key_refs
     ]
     return [k for k in keys if k is not None]
+
+
+def config_event(org: str, what: str, name: str, value: bytes | None) -> dict[str, Any]:
+    """A `config_changed` event: which bot or connector, and the SHA-256 of its new record
+    (empty: deleted). Never the record itself: it may name secrets."""
+    return {
+        "auditId": str(uuid.uuid4()),
+        "time": 0,
+        "kind": "config_changed",
+        "organization": org,
+        what: name,
+        "digest": "" if value is None else hashlib.sha256(value).hexdigest(),
+        "publisher": {},
+    }
+
+
+def publisher_of() -> dict[str, str]:
+    """Who publishes: the user and host of this process."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        user = str(os.getuid())
+    return {"user": user, "host": socket.gethostname()}
 
 
 def load_key(vault: Vault, ref: str, setting: str) -> bytes:

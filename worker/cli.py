@@ -420,6 +420,82 @@ def audit_tail(
         _run_client(settings, audit_tail(settings, keep, follow, emit))
 
 
+@audit.command("verify")
+@click.option("--org", help="only this organization")
+@click.option("--bot", help="only this bot (configuration chains are left out)")
+@click.option("--session", help="only this session id (configuration chains are left out)")
+@click.option("--since", help="start this far back: 90s, 15m, 2h, 1d or an ISO time")
+@click.option(
+    "--file",
+    "export",
+    type=click.File("rb"),
+    help="a JSON-lines export (as `audit tail --json` writes it) instead of the topic",
+)
+def audit_verify(
+    org: str | None,
+    bot: str | None,
+    session: str | None,
+    since: str | None,
+    export: BinaryIO | None,
+) -> None:
+    """Check the audit chains: exit 0 when intact, 1 with a line per problem (altered,
+    forged, missing, out of order). Events written again after a crash are listed as
+    duplicates and are not problems."""
+    import orjson
+
+    from worker.audit import Verifier, verifying_keys
+    from worker.text import printable
+    from worker.tools import AuditFilter, read_audit
+
+    settings = _settings()
+    try:
+        keys = verifying_keys(settings)
+    except SecureSessionError as exc:
+        _fail(f"bad setting {exc}")
+    if not keys:
+        _fail("set SECURE_SESSION_AUDIT_KEY_REF (and SECURE_SESSION_AUDIT_VERIFY_KEY_REFS)")
+    since_ms = _since(since)
+    keep = AuditFilter(org, bot, session, None, since_ms)
+    verifier = Verifier(keys)
+
+    def take(raw: bytes, where: str) -> None:
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            doc = None
+        if isinstance(doc, dict):
+            if not keep(doc) or (doc.get("kind") == "config_changed" and (bot or session)):
+                return
+        elif org or bot or session or since_ms:
+            return  # not an event: nothing to filter on
+        verifier.add(raw, where)
+
+    if export is not None:
+        for n, line in enumerate(export, 1):
+            if line.strip():
+                take(line.rstrip(b"\r\n"), f"line {n}")
+    else:
+        _run_client(
+            settings,
+            read_audit(
+                settings,
+                since_ms or 0,
+                False,
+                lambda m: take(m.value or b"", f"{m.partition}@{m.offset}"),
+            ),
+        )
+    report = verifier.finish()
+    for problem in report.duplicates + report.problems:
+        click.echo(printable(problem))
+    verdict = f"{len(report.problems)} problems" if report.problems else "intact"
+    click.echo(
+        f"{report.events} events in {report.chains} chains: {verdict}"
+        f" ({len(report.duplicates)} duplicates)",
+        err=True,
+    )
+    sys.exit(1 if report.problems else 0)
+
+
 @main.group()
 def sessions() -> None:
     """Inspect session state."""

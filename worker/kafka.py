@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import logging
-from typing import Any, Literal
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.partitioner import murmur2
 
+from worker.audit import START, Link, Sealer, config_event, publisher_of, signing_key
 from worker.config import ConfigFile, Registry
 from worker.errors import TopicSetupError
 from worker.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @functools.lru_cache(maxsize=2**16)
@@ -170,12 +175,121 @@ async def publish_config(settings: Settings, config: ConfigFile) -> int:
 
 
 async def publish(settings: Settings, records: list[tuple[str, str, bytes | None]]) -> None:
-    """Send (topic, key, value) records one at a time (value None: a tombstone)."""
+    """Send (topic, key, value) records one at a time (value None: a tombstone), and an
+    audit event for each bot or connector whose record this changes (worker/audit.py)."""
+    audit = await _config_audit(settings, records)
     producer = AIOKafkaProducer(**client_options(settings))
     await start(producer)
     try:
         for topic, key, value in records:
             # one record per batch keeps end offsets exact on every broker
             await producer.send_and_wait(topic, value, key=key.encode())
+        for key, value in audit:
+            await producer.send_and_wait(settings.topics.audit, value, key=key.encode())
     finally:
         await producer.stop()
+
+
+async def _config_audit(
+    settings: Settings, records: list[tuple[str, str, bytes | None]]
+) -> list[tuple[str, bytes]]:
+    """The `config_changed` events of `records`, keyed and chained by organization."""
+    key = signing_key(settings)
+    sealer = None if key is None else Sealer(key)
+    publisher = publisher_of()
+    t = settings.topics
+    current = await _reading(settings, _latest_values, sorted({topic for topic, _, _ in records}))
+    links: dict[str, Link] = {}
+    out: list[tuple[str, bytes]] = []
+    now_ms = int(time.time() * 1000)
+    for topic, name, value in records:
+        if current.get((topic, name)) == value:
+            continue  # unchanged (or deleting what is not there)
+        current[(topic, name)] = value
+        org, _, item = name.partition("/")
+        doc = config_event(org, "bot" if topic == t.bots else "connector", item, value)
+        doc["time"] = now_ms
+        doc["publisher"] = publisher
+        if sealer is None:
+            out.append((org, orjson.dumps(doc)))
+            continue
+        if org not in links:
+            links[org] = await _reading(settings, _last_config_link, t.audit, org)
+        raw, links[org] = sealer.seal(doc, links[org])
+        out.append((org, raw))
+    return out
+
+
+async def _reading(settings: Settings, read: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """`read(consumer, *args)` with a consumer of its own (no group)."""
+    consumer = AIOKafkaConsumer(**client_options(settings), group_id=None, enable_auto_commit=False)
+    await start(consumer)
+    try:
+        return await read(consumer, *args)
+    finally:
+        await consumer.stop()
+
+
+async def _latest_values(
+    consumer: AIOKafkaConsumer, topics: list[str]
+) -> dict[tuple[str, str], bytes | None]:
+    """The last value of every key of `topics` (compacted and small: the config topics)."""
+    await consumer.topics()
+    tps = [TopicPartition(n, p) for n in topics for p in consumer.partitions_for_topic(n) or ()]
+    if not tps:
+        return {}
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    end = await consumer.end_offsets(tps)
+    values: dict[tuple[str, str], bytes | None] = {}
+    pending = {tp for tp in tps if end[tp] > 0}
+    while pending:
+        for tp, batch in (await consumer.getmany(*pending, timeout_ms=500)).items():
+            for m in batch:
+                values[(tp.topic, (m.key or b"").decode(errors="replace"))] = m.value
+        for tp in list(pending):
+            if await consumer.position(tp) >= end[tp]:
+                pending.discard(tp)
+    return values
+
+
+async def _last_config_link(consumer: AIOKafkaConsumer, topic: str, org: str) -> Link:
+    """Where `org`'s configuration chain stands: its last signed `config_changed` event,
+    looked for from the end of its audit partition back, in growing windows."""
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        return START
+    tp = TopicPartition(topic, partition_for(org.encode(), len(partitions)))
+    consumer.assign([tp])
+    begin = (await consumer.beginning_offsets([tp]))[tp]
+    hi = (await consumer.end_offsets([tp]))[tp]
+    window = 1_000
+    while hi > begin:
+        lo = max(begin, hi - window)
+        consumer.seek(tp, lo)
+        found = None
+        while await consumer.position(tp) < hi:
+            for m in (await consumer.getmany(tp, timeout_ms=500)).get(tp, []):
+                if m.offset < hi and m.key == org.encode() and m.value:
+                    found = _config_link(m.value, org) or found
+        if found is not None:
+            return found
+        hi, window = lo, window * 4
+    return START
+
+
+def _config_link(raw: bytes, org: str) -> Link | None:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not (
+        isinstance(doc, dict)
+        and doc.get("kind") == "config_changed"
+        and doc.get("organization") == org
+    ):
+        return None
+    integrity = doc.get("integrity")
+    if not isinstance(integrity, dict) or type(integrity.get("seq")) is not int:
+        return None
+    return Link(integrity["seq"], hashlib.sha256(raw).hexdigest())

@@ -50,40 +50,54 @@ async def audit_tail(
 
     Without `follow`, returns once the topic's end is reached. Returns the count emitted.
     """
+    shown = 0
+
+    def take(m: Any) -> None:
+        nonlocal shown
+        try:
+            doc = orjson.loads(m.value or b"")
+        except orjson.JSONDecodeError:
+            return  # not written by the worker
+        if isinstance(doc, dict) and keep(doc):
+            emit(doc)
+            shown += 1
+
+    await read_audit(settings, keep.since_ms, follow, take)
+    return shown
+
+
+async def read_audit(
+    settings: Settings, since_ms: int | None, follow: bool, take: Callable[[Any], None]
+) -> None:
+    """Hand every record of the audit topic to `take` (an aiokafka message), in order per
+    partition: from `since_ms` (0: the beginning; None: new ones only) to the end, and
+    then as they come if `follow`."""
     consumer = _consumer(settings)
     await start(consumer)
     try:
-        tps = [
-            TopicPartition(settings.topics.audit, p)
-            for p in sorted(consumer.partitions_for_topic(settings.topics.audit) or ())
-        ]
-        if not tps:  # partitions_for_topic knows only topics in the cached metadata
-            await consumer.topics()
-            tps = [
-                TopicPartition(settings.topics.audit, p)
-                for p in sorted(consumer.partitions_for_topic(settings.topics.audit) or ())
-            ]
+        tps = await _partitions(consumer, settings.topics.audit)
         consumer.assign(tps)
-        await _seek(consumer, tps, keep.since_ms)
+        await _seek(consumer, tps, since_ms)
         end = await consumer.end_offsets(tps)
-        shown = 0
         while True:
             batches = await consumer.getmany(timeout_ms=500)
             for messages in batches.values():
                 for m in messages:
-                    try:
-                        doc = orjson.loads(m.value or b"")
-                    except orjson.JSONDecodeError:
-                        continue  # not written by the worker
-                    if isinstance(doc, dict) and keep(doc):
-                        emit(doc)
-                        shown += 1
+                    take(m)
             if not follow and not batches:
                 positions = [await consumer.position(tp) for tp in tps]
                 if all(pos >= end[tp] for pos, tp in zip(positions, tps, strict=True)):
-                    return shown
+                    return
     finally:
         await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    found = consumer.partitions_for_topic(topic)
+    if not found:  # partitions_for_topic knows only topics in the cached metadata
+        await consumer.topics()
+        found = consumer.partitions_for_topic(topic)
+    return [TopicPartition(topic, p) for p in sorted(found or ())]
 
 
 async def _seek(
@@ -91,6 +105,9 @@ async def _seek(
 ) -> None:
     if since_ms is None:
         await consumer.seek_to_end(*tps)
+        return
+    if since_ms <= 0:
+        await consumer.seek_to_beginning(*tps)
         return
     try:
         found = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))

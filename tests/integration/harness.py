@@ -287,7 +287,7 @@ class Harness:
             for o in list(self.outputs)
             if o.topic == "audit"
             and o.doc is not None
-            and (session is None or o.doc["sessionId"] == session)
+            and (session is None or o.doc.get("sessionId") == session)
         ]
 
     def wait_decisions(self, session: str, count: int, timeout: float = 30) -> list[Out]:
