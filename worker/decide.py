@@ -31,7 +31,7 @@ STATE_VERSION: Final = 3
 """The stored state's layout. 1 (before 0.6): `[validated_at, allowed, fingerprint,
 identity, expires_at]`; 2: `[2, validated_at, allowed, fingerprint, identity, expires_at,
 partition]`; 3: version 2's fields then the audit chain, `[3, …, partition, [seq, digest,
-base_seq, base_digest, chain_partition, chain_offset]]`, written only with a chain (so a
+[[partition, offset, base_seq, base_digest], …]]]`, written only with a chain (so a
 worker without an audit key writes version 2). A worker reads every older version; a
 newer or unknown one is no state."""
 
@@ -40,45 +40,72 @@ UNREADABLE: collections.Counter[str] = collections.Counter()
 stored value is counted once (decoding is cached). Exported by worker/metrics.py."""
 
 
+Mover = tuple[int | None, int, int | None, str | None]
+"""An inbound record that moved a session's audit chain: (partition, offset, base seq,
+base digest): where the chain stood before its events (None: from wherever it stands)."""
+
+MAX_MOVERS: Final = 8
+"""Movers kept per session: the records a crash may have left to be read again."""
+
+
 @dataclass(frozen=True, slots=True)
 class Chain:
     """Where a session's audit chain stands (worker/audit.py): its last event's seq and
-    digest, and the inbound record whose events last moved it (`partition`, `offset`) with
-    where the chain stood before them (`base_*`). That record, read again after a crash,
-    writes its events again from the base: duplicates, never a gap."""
+    digest, and the last inbound records that moved it.
+
+    A record read again after a crash (it is among the movers) writes its events again
+    from where the chain stood before it: duplicates of what was delivered, and in place of
+    what was lost with the crash, never a gap. The movers after it write theirs again
+    from wherever the chain then stands."""
 
     seq: int
     digest: str
-    base_seq: int = 0
-    base_digest: str = ""
-    partition: int | None = None
-    offset: int | None = None
+    movers: tuple[Mover, ...] = ()
 
     def encode(self) -> list[Any]:
-        return [self.seq, self.digest, self.base_seq, self.base_digest, self.partition, self.offset]
+        return [self.seq, self.digest, [list(m) for m in self.movers]]
 
     @staticmethod
     def decode(doc: Any) -> Chain | None | Literal[False]:
         """The chain in `doc` (None: none); False when it is not a chain."""
         if doc is None:
             return None
-        if not (isinstance(doc, list) and len(doc) == 6):
+        if not (isinstance(doc, list) and len(doc) == 3 and isinstance(doc[2], list)):
             return False
-        seq, digest, base_seq, base_digest, partition, offset = doc
-        if (
-            type(seq) is int
-            and type(digest) is str
-            and type(base_seq) is int
-            and type(base_digest) is str
-            and (partition is None or type(partition) is int)
-            and (offset is None or type(offset) is int)
-        ):
-            return Chain(seq, digest, base_seq, base_digest, partition, offset)
-        return False
+        seq, digest, movers = doc
+        if type(seq) is not int or type(digest) is not str:
+            return False
+        for m in movers:
+            if not (
+                isinstance(m, list)
+                and len(m) == 4
+                and (m[0] is None or type(m[0]) is int)
+                and type(m[1]) is int
+                and ((m[2], m[3]) == (None, None) or (type(m[2]) is int and type(m[3]) is str))
+            ):
+                return False
+        return Chain(seq, digest, tuple((m[0], m[1], m[2], m[3]) for m in movers))
 
     def moved_by(self, partition: int | None, offset: int | None) -> bool:
-        """Whether the inbound record at (`partition`, `offset`) last moved the chain."""
-        return offset is not None and self.offset == offset and self.partition == partition
+        """Whether the inbound record at (`partition`, `offset`) moved the chain."""
+        return any(m[0] == partition and m[1] == offset for m in self.movers)
+
+    def start(
+        self, partition: int | None, offset: int | None
+    ) -> tuple[int, str, tuple[Mover, ...]]:
+        """Where the record at (`partition`, `offset`) chains its events from (seq,
+        digest), and the movers once it has."""
+        here = (self.seq, self.digest)
+        if offset is None:
+            return *here, self.movers
+        for i, (p, o, base_seq, base_digest) in enumerate(self.movers):
+            if (p, o) != (partition, offset):
+                continue
+            if base_seq is None or base_digest is None:  # after a record read again
+                return *here, (*self.movers[:i], (p, o, *here), *self.movers[i + 1 :])
+            later = tuple((lp, lo, None, None) for lp, lo, _, _ in self.movers[i + 1 :])
+            return base_seq, base_digest, (*self.movers[:i], (p, o, base_seq, base_digest), *later)
+        return *here, (*self.movers, (partition, offset, *here))[-MAX_MOVERS:]
 
 
 @dataclass(frozen=True, slots=True)

@@ -566,25 +566,24 @@ class Pipeline:
         if isinstance(state, _Read):
             state = SessionState.decode(self._reads.get(event.state_key))
         chain = state.chain if state is not None else None
-        partition = getattr(record.origin, "partition", None)
+        origin = record.origin
+        partition = getattr(origin, "partition", None)
         if chain is None:
-            after = base = START
-        elif record.chained:  # its second event (a validation, then its block)
-            after, base = Link(chain.seq, chain.digest), Link(chain.base_seq, chain.base_digest)
-        elif _moved(chain, record):  # read again after a crash: from where it began
-            after = base = Link(chain.base_seq, chain.base_digest)
-        else:
-            after = base = Link(chain.seq, chain.digest)
+            chain = Chain(0, "")
+        if record.chained:  # its second event (a validation, then its block)
+            after, movers = Link(chain.seq, chain.digest), chain.movers
+        else:  # read again after a crash: from where it began (see Chain)
+            seq, digest, movers = chain.start(partition, getattr(origin, "offset", None))
+            after = Link(seq, digest)
         record.chained = True
         value, link = sealer.seal(doc, after)
         if store:
-            offset = getattr(record.origin, "offset", None)
-            chain = Chain(link.seq, link.digest, base.seq, base.digest, partition, offset)
+            chain = Chain(link.seq, link.digest, movers)
             if state is None:  # a chain before any stored validation: never reused
                 state = SessionState(self._now_ms(), False, "", None, None, partition, chain)
             else:
                 state = replace(state, chain=chain)
-            self._run_as(record.origin, self._table.__setitem__, event.state_key, state.encode())
+            self._run_as(origin, self._table.__setitem__, event.state_key, state.encode())
         await self._send(self._topics.audit, key, value)
 
     def _known_redaction(self, record: _Record) -> Callable[[dict[str, Any]], None] | None:

@@ -132,7 +132,7 @@ def test_a_key_is_refused_when_short_or_missing_and_never_shown() -> None:
 
 
 def test_a_chain_is_stored_in_state_version_3_and_read_back() -> None:
-    state = SessionState(5, True, "fp", None, None, 3, Chain(4, "ab", 3, "cd", 3, 99))
+    state = SessionState(5, True, "fp", None, None, 3, Chain(4, "ab", ((3, 99, 3, "cd"),)))
     raw = state.encode()
     assert raw.startswith(b"[3,")
     assert SessionState.decode(raw) == state
@@ -221,6 +221,53 @@ async def test_a_record_read_again_after_a_crash_writes_its_events_again_as_dupl
     # and when those events were lost with the crash, the chain has no gap
     problems, duplicates = verify(audit[:1] + audit2)
     assert (problems, duplicates) == ([], [])
+
+
+async def test_records_read_again_after_a_crash_never_leave_a_gap_whatever_was_lost() -> None:
+    """A denied session (two events a message): the new owner has the last state, and the
+    events of none, some or all of the records it reads again."""
+    p, audit, table = signed_pipeline()
+    await feed(p, [(n, inbound(n, "bad")) for n in range(3)])
+    assert len(audit) == 6
+    p2, audit2, table2 = signed_pipeline()
+    table2.update(table)
+    await feed(p2, [(n, inbound(n, "bad")) for n in range(4)])
+    for delivered in (6, 4, 2, 0):
+        problems, duplicates = verify(audit[:delivered] + audit2)
+        assert problems == [] and len(duplicates) == delivered, (delivered, problems)
+    # a second crash: what the group committed (r0, r1) had its events delivered before
+    # the commit; the next owner reads from there, or from the start when nothing was
+    for committed, delivered in ((2, 4), (0, 3), (0, 0)):
+        p3, audit3, table3 = signed_pipeline()
+        table3.update(table2)
+        await feed(p3, [(n, inbound(n, "bad")) for n in range(committed, 5)])
+        problems, _ = verify(audit + audit2[:delivered] + audit3)
+        assert problems == [], (committed, delivered, problems)
+
+
+async def test_a_validated_session_read_again_is_validated_again_so_its_event_is_there() -> None:
+    p, audit, table = signed_pipeline()
+    await feed(p, [(0, inbound(0)), (1, inbound(1))])
+    assert len(audit) == 1  # m1: cached, not audited
+    p2, audit2, table2 = signed_pipeline()
+    table2.update(table)  # the state was delivered, its audit event lost with the crash
+    await feed(p2, [(0, inbound(0)), (1, inbound(1))])
+    assert [orjson.loads(a)["integrity"]["seq"] for a in audit2] == [1]
+    assert verify(audit2) == ([], [])
+
+
+def test_chain_movers_are_bounded_and_rewind_to_the_record_read_again() -> None:
+    c = Chain(0, "")
+    for offset in range(20):
+        seq, digest, movers = c.start(0, offset)
+        c = Chain(seq + 1, f"d{seq + 1}", movers)
+    assert len(c.movers) == 8 and c.movers[0][1] == 12
+    seq, digest, movers = c.start(0, 14)  # read again: from before it, the later ones redo
+    assert (seq, digest) == (14, "d14")
+    assert movers[2] == (0, 14, 14, "d14") and movers[3] == (0, 15, None, None)
+    c = Chain(15, "x15", movers)
+    assert c.start(0, 15)[:2] == (15, "x15")  # a redo: from where the chain stands
+    assert Chain.decode(c.encode()) == c
 
 
 async def test_unsigned_without_a_key() -> None:
