@@ -264,8 +264,7 @@ class Verifier:
                 # same message; or the next, once the one before was decided differently)
                 again = "" if e.message_id in s.messages[e.seq] else ", for another message"
                 self.report.duplicates.append(
-                    f"{e.where}: {name} seq {e.seq}: duplicate (written again after a crash"
-                    f"{again})"
+                    f"{e.where}: {name} seq {e.seq}: duplicate (written again after a crash{again})"
                 )
             elif after is not None and e.n < after.n:
                 self._problem(

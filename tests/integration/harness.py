@@ -32,6 +32,7 @@ from worker.demo.broker import stop_process
 
 T = TypeVar("T")
 SCHEMAS = Path(__file__).parents[2] / "schemas"
+AUDIT_KEY = "audit-key-for-tests-0123456789abcdef-xyz"
 API_KEY = "test-api-key-7f3a9c"  # must never show up in outputs or logs
 
 
@@ -176,7 +177,7 @@ class Harness:
         texts = logs + [
             o.value.decode(errors="replace") for o in self.outputs if o.topic != "allowed"
         ]
-        for secret in (API_KEY, *secrets):
+        for secret in (API_KEY, AUDIT_KEY, *secrets):
             assert not [t for t in texts if secret in t], "a secret or token leaked"
         # every blocked message has its audit event (give the collector a moment to read them)
         deadline = time.monotonic() + 5
@@ -219,6 +220,15 @@ class Harness:
         if config is not None:
             env["SECURE_SESSION_CONFIG"] = str(config)
         return env | self.extra_env
+
+    def sign_audit(self, name: str = "audit-key", key: str = AUDIT_KEY) -> str:
+        """Workers and tools of this harness sign audit events with `key` (in the vault as
+        srn:vault::ops:secret:<name>); returns the reference."""
+        (self.secrets / "ops").mkdir(exist_ok=True)
+        (self.secrets / "ops" / name).write_text(key + "\n")
+        ref = f"srn:vault::ops:secret:{name}"
+        self.extra_env["SECURE_SESSION_AUDIT_KEY_REF"] = ref
+        return ref
 
     def start_worker(
         self, config: Path | None, timeout: float = 60, *, wait: bool = True

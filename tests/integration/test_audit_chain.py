@@ -12,18 +12,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tests.integration.conftest import bot, connector
-from tests.integration.harness import Harness, event
+from tests.integration.harness import AUDIT_KEY, Harness, event
 
 pytestmark = pytest.mark.integration
 
-AUDIT_KEY = "audit-key-for-tests-0123456789abcdef-xyz"
 REF = "srn:vault::ops:secret:audit-key"
-
-
-def signed(h: Harness) -> None:
-    (h.secrets / "ops").mkdir(exist_ok=True)
-    (h.secrets / "ops" / "audit-key").write_text(AUDIT_KEY + "\n")
-    h.extra_env["SECURE_SESSION_AUDIT_KEY_REF"] = REF
 
 
 def export(h: Harness) -> list[bytes]:
@@ -81,7 +74,7 @@ def find(lines: list[bytes], session: str, seq: int) -> int:
 
 def test_audit_verify_finds_every_kind_of_tampering_on_a_real_topic(harness: Harness) -> None:
     h = harness
-    signed(h)
+    h.sign_audit()
     config = h.write_config([bot("secure")], [connector("main", h.server.url)])
     published = h.cli("config", "publish", str(config))
     assert published.returncode == 0, published.stderr
@@ -169,14 +162,13 @@ def test_audit_verify_finds_every_kind_of_tampering_on_a_real_topic(harness: Har
 
 def test_a_rotated_key_verifies_beside_the_new_one(harness: Harness) -> None:
     h = harness
-    signed(h)
+    h.sign_audit()
     h.start_worker(h.write_config([bot("secure")], [connector("main", h.server.url)]))
     h.send(event("s-old", "m0", "tok-x"))
     h.wait_decisions("s-old", 1)
     h.stop_worker(h.workers[0])
     # rotation: a new key signs, the old one is kept for verification
-    (h.secrets / "ops" / "audit-key-2").write_text("another-audit-key-0123456789abcdef-xyz\n")
-    h.extra_env["SECURE_SESSION_AUDIT_KEY_REF"] = "srn:vault::ops:secret:audit-key-2"
+    h.sign_audit("audit-key-2", "another-audit-key-0123456789abcdef-xyz")
     h.start_worker(h.write_config([bot("secure")], [connector("main", h.server.url)]))
     h.send(event("s-new", "m0", "tok-y"))
     h.wait_decisions("s-new", 1)

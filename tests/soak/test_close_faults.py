@@ -10,6 +10,10 @@ worker in the same second. Then, every round:
 - the stopped worker exited within its shutdown deadline;
 - once the stream is decided, the group's committed offsets reach every partition's end.
 
+Audit events are signed and chained (one session in ten is denied: a validation and a
+block per message), and `audit verify` over the whole run's audit topic must find every
+chain intact: what a crash writes again is a duplicate, never a gap.
+
 Duplicates (the price of a kill -9) and API calls are reported per round. `make test`
 runs SOAK_ROUNDS=2; `make soak` runs 20 and writes the table into docs/reliability.md.
 """
@@ -49,11 +53,16 @@ SLACK_S = 2.0  # a Python process's own exit, after the deadline
 def test_faults_close_together_repeated(broker: Broker, tmp_path: Path) -> None:
     h = Harness(broker, tmp_path).start()
     h.extra_env["SECURE_SESSION_SHUTDOWN_DEADLINE_S"] = str(DEADLINE_S)
+    h.sign_audit()
     try:
         rounds = [one_round(h, n) for n in range(ROUNDS)]
+        verified = h.cli("audit", "verify")
     finally:
         h.stop()
-    report(rounds)
+    chains = verified.stderr.strip().splitlines()[-1] if verified.stderr.strip() else ""
+    report(rounds, chains)
+    problems = [line for line in verified.stdout.splitlines() if "duplicate" not in line]
+    assert verified.returncode == 0 and "intact" in chains, (problems[:10], verified.stderr)
     for n, r in enumerate(rounds):
         assert r["lost"] == 0, f"round {n}: {r}"
         assert r["allowed_and_blocked"] == 0, f"round {n}: {r}"
@@ -65,7 +74,8 @@ def test_faults_close_together_repeated(broker: Broker, tmp_path: Path) -> None:
 
 def one_round(h: Harness, n: int) -> dict[str, Any]:
     for s in range(SESSIONS):
-        h.api.tokens[f"tok-{n}-{s}"] = f"user-{s}"
+        if s % 10:  # one session in ten is denied
+            h.api.tokens[f"tok-{n}-{s}"] = f"user-{s}"
     config = h.write_config([bot("secure", interval=3600)], [connector("main", h.server.url)])
     while len(h.workers) < 3:
         h.start_worker(config)
@@ -214,9 +224,10 @@ def wait_committed(
     return sum(end - committed for committed, end in short.values()), short
 
 
-def report(rounds: list[dict[str, Any]]) -> None:
+def report(rounds: list[dict[str, Any]], chains: str) -> None:
     for r in rounds:
         print(json.dumps(r))
+    print(chains)
     write_block(
         "close",
         [
@@ -234,5 +245,7 @@ def report(rounds: list[dict[str, Any]]) -> None:
                 f"{r['duplicates']} | {r['api_calls']} |"
                 for r in rounds
             ],
+            "",
+            f"`audit verify` over the run's audit topic: {chains}.",
         ],
     )

@@ -30,7 +30,7 @@ from worker.events import Reason
 from worker.pipeline import Pipeline
 from worker.settings import Topics
 
-SCALE = int(os.environ.get("FUZZ_EXAMPLES", 1000))
+SCALE = int(os.environ.get("FUZZ_EXAMPLES", 300))  # make soak: 3,000
 REASONS = set(typing.get_args(Reason))
 TOPICS = Topics()
 FUZZ = settings(max_examples=SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -164,7 +164,8 @@ class RunningAPI:
         self.port = 0
 
     async def start(self) -> RunningAPI:
-        self._runner = web.AppRunner(self.api.app(), access_log=None)
+        # stopping does not wait for calls told to hang (tests of slow APIs): 1 s, not 60
+        self._runner = web.AppRunner(self.api.app(), access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
