@@ -15,7 +15,9 @@ Sizes come from the environment (defaults in brackets):
   BENCH_LATENCY_SECONDS [10]      duration of each steady-rate latency run
   BENCH_PARTITIONS [8]            partitions of each topic
   BENCH_STATE_SESSIONS [1000000]  sessions in the table for the memory / restart run
-`BENCH_ONLY=cached|slow|calls|latency|scale|state` runs one part.
+  BENCH_AUDIT_ROUNDS [3]          pairs (unsigned, signed) of the audit-chain cost runs
+  BENCH_AUDIT_SLOW_SESSIONS [10000], BENCH_AUDIT_SLOW_PER_SESSION [30]   their slow-API run
+`BENCH_ONLY=cached|slow|calls|latency|scale|state|refresh|audit` runs one part.
 """
 
 from __future__ import annotations
@@ -357,7 +359,13 @@ async def decision_span(
 
 
 async def worker_rate(
-    b: Bench, tag: str, inbound_total: int, outputs: list[str], output_total: int, expected: int
+    b: Bench,
+    tag: str,
+    inbound_total: int,
+    outputs: list[str],
+    output_total: int,
+    expected: int,
+    extra: dict[str, str] | None = None,
 ) -> float:
     """Start a worker on a backlog of `tag`'s inbound topic; its msg/s from the timestamps
     of its first and last output records (set when it appended them). Nothing else runs
@@ -365,7 +373,7 @@ async def worker_rate(
     so the load generator and the reader do not compete with the worker for the cores,
     as nothing competes with the bare loop."""
     since_ms = time.time() * 1000
-    worker = b.start_worker(tag, interval=3600)
+    worker = b.start_worker(tag, interval=3600, extra=extra)
     profiler = None
     if os.environ.get("BENCH_PROFILE"):  # py-spy raw stacks of the worker
         profiler = subprocess.Popen(
@@ -524,9 +532,15 @@ async def call_cpu(b: Bench) -> dict[str, Any]:
     return figures
 
 
-async def slow_api(b: Bench, sessions: int, per_session: int) -> dict[str, Any]:
+async def slow_api(
+    b: Bench,
+    sessions: int,
+    per_session: int,
+    tag: str = "slow",
+    extra: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """The worker on a backlog of new sessions, the API answering in 200 ms."""
-    t = b.topics("slow")
+    t = b.topics(tag)
     await b.create([t["inbound"], t["allowed"], t["blocked"], t["audit"]])
     b.api.calls.clear()
     b.api.default_delay_s = 0.2
@@ -534,7 +548,7 @@ async def slow_api(b: Bench, sessions: int, per_session: int) -> dict[str, Any]:
     await b.produce(t["inbound"], records)
     try:
         rate = await worker_rate(
-            b, "slow", len(records), [t["allowed"], t["blocked"]], len(records), len(records)
+            b, tag, len(records), [t["allowed"], t["blocked"]], len(records), len(records), extra
         )
     finally:
         b.api.default_delay_s = 0.0
@@ -883,6 +897,17 @@ def table(r: dict[str, Any]) -> str:
             f"{r['slow_ratio']:.2f} of cached (target >= 0.5)",
         ),
         (
+            "signed audit chain, cached path",
+            f"{r.get('audit_cached_ratio', 0):.3f} of unsigned",
+            "median of back-to-back pairs (target >= 0.95); cached allows are not audited",
+        ),
+        (
+            "signed audit chain, slow API (1 call per 30)",
+            f"{r.get('audit_slow_ratio', 0):.3f} of unsigned",
+            f"median of back-to-back pairs (target >= 0.95); "
+            f"{r.get('audit_seal_us', 0):.1f} µs of CPU per signed event",
+        ),
+        (
             "CPU per HTTP call (200 at once)",
             f"{r['call_cpu_worker_ms']:.2f} ms",
             f"{r['call_cpu_ratio']:.2f} of httpx's own transport ({r['call_cpu_httpx_ms']:.2f} ms)",
@@ -1009,6 +1034,19 @@ def chart(r: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+async def audit_figures(b: Bench) -> dict[str, Any]:
+    from bench.audit_cost import audit_cost
+
+    return await audit_cost(
+        b,
+        env_int("BENCH_SESSIONS", 1000),
+        env_int("BENCH_MESSAGES", 100_000),
+        env_int("BENCH_AUDIT_SLOW_SESSIONS", 10_000),
+        env_int("BENCH_AUDIT_SLOW_PER_SESSION", 30),
+        env_int("BENCH_AUDIT_ROUNDS", 3),
+    )
+
+
 async def main() -> None:
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     broker = None if bootstrap else EmbeddedBroker().start()
@@ -1053,6 +1091,9 @@ async def main() -> None:
             )
             print(json.dumps(slow))
             return
+        if os.environ.get("BENCH_ONLY") == "audit":
+            print(json.dumps(await audit_figures(bench)))
+            return
         if os.environ.get("BENCH_ONLY") == "refresh":
             print(json.dumps(await refresh_ahead(bench)))
             return
@@ -1088,6 +1129,8 @@ async def main() -> None:
             bench, env_int("BENCH_SLOW_SESSIONS", 10_000), env_int("BENCH_SLOW_PER_SESSION", 100)
         )
         r["slow_ratio"] = r["slow_msgs_per_s"] / r["cached_msgs_per_s"]
+        print("the signed audit chain's cost...", flush=True)
+        r |= await audit_figures(bench)
         print("CPU per HTTP call...", flush=True)
         r |= await call_cpu(bench)
         seconds = env_int("BENCH_LATENCY_SECONDS", 10)

@@ -53,7 +53,7 @@ def canonical(doc: dict[str, Any]) -> bytes:
 
 
 def mac_of(key: bytes, doc: dict[str, Any]) -> str:
-    return hmac.new(key, canonical(doc), hashlib.sha256).hexdigest()
+    return hmac.digest(key, canonical(doc), "sha256").hex()
 
 
 class Sealer:

@@ -543,6 +543,11 @@ def sessions_show(org: str, bot: str, session: str, as_json: bool) -> None:
                 f"  fingerprint      {printable(s.fingerprint)}\n"
                 f"  revoked          {_revoked_line(held.revoked)}\n"
                 f"  token expires    {expires}"
+                + (
+                    ""
+                    if s.chain is None
+                    else f"\n  audit chain      seq {s.chain.seq}, last {s.chain.digest[:16]}…"
+                )
             )
     if held.state is None:
         sys.exit(1)

@@ -88,7 +88,10 @@ class Chain:
 
     def moved_by(self, partition: int | None, offset: int | None) -> bool:
         """Whether the inbound record at (`partition`, `offset`) moved the chain."""
-        return any(m[0] == partition and m[1] == offset for m in self.movers)
+        for m in self.movers:  # (a loop: this runs for every message of a signed session)
+            if m[1] == offset and m[0] == partition:
+                return True
+        return False
 
     def start(
         self, partition: int | None, offset: int | None

@@ -167,6 +167,8 @@ class Pipeline:
         self._forget: Forget = forget if forget is not None else self._pop_state
         self._clock = clock
         self._sealer = sealer
+        self._written: tuple[bytes, SessionState] | None = None
+        """The state `_audit` wrote last, as bytes and decoded."""
         self._lanes: dict[bytes, deque[_Record]] = {}
         self._order: dict[Hashable, deque[_Record]] = {}
         self._held = 0
@@ -183,6 +185,15 @@ class Pipeline:
         within f x interval. Bounded: the oldest entries go first."""
         self.metrics = metrics
         metrics.held.set_function(lambda: self._held)  # read when scraped
+
+    def _state(self, key: bytes) -> SessionState | None:
+        """A session's stored state; the one `_audit` wrote last without decoding it again
+        (a lane's waiters read what the one before them wrote)."""
+        raw = self._reads.get(key)
+        last = self._written
+        if last is not None and raw is last[0]:
+            return last[1]
+        return SessionState.decode(raw)
 
     def _pop_state(self, key: bytes, _partition: int | None) -> None:
         self._table.pop(key, None)
@@ -262,7 +273,7 @@ class Pipeline:
                 return False
             remote = self._remote[bot.type]
             check = remote.prepare(bot, connector, event)
-        state = SessionState.decode(self._reads.get(event.state_key))
+        state = self._state(event.state_key)
         if state is not None:
             revoked_at = self._registry.revocations.revoked_at(
                 event.organization, event.bot, event.session_id, state.identity
@@ -395,7 +406,7 @@ class Pipeline:
         key = record.event.state_key
         sealing = self._sealer is not None
         old = (
-            SessionState.decode(self._reads.get(key))
+            self._state(key)
             if sealing or (new_state is not None and new_state.identity is not None)
             else None
         )
@@ -444,7 +455,7 @@ class Pipeline:
     async def _end_session(self, record: _Record, bot: Bot) -> None:
         event = record.event
         assert event is not None
-        state = SessionState.decode(self._reads.get(event.state_key))
+        state = self._state(event.state_key)
         if state is not None and state.partition is not None:
             partition: int | None = state.partition  # where it is stored, whatever this one's
         else:
@@ -564,7 +575,7 @@ class Pipeline:
             await self._send(self._topics.audit, key, sealer.seal(doc, START)[0])
             return
         if isinstance(state, _Read):
-            state = SessionState.decode(self._reads.get(event.state_key))
+            state = self._state(event.state_key)
         chain = state.chain if state is not None else None
         origin = record.origin
         partition = getattr(origin, "partition", None)
@@ -582,8 +593,19 @@ class Pipeline:
             if state is None:  # a chain before any stored validation: never reused
                 state = SessionState(self._now_ms(), False, "", None, None, partition, chain)
             else:
-                state = replace(state, chain=chain)
-            self._run_as(origin, self._table.__setitem__, event.state_key, state.encode())
+                s = state
+                state = SessionState(
+                    s.validated_at_ms,
+                    s.allowed,
+                    s.fingerprint,
+                    s.identity,
+                    s.expires_at_ms,
+                    s.partition,
+                    chain,
+                )
+            raw = state.encode()
+            self._run_as(origin, self._table.__setitem__, event.state_key, raw)
+            self._written = (raw, state)
         await self._send(self._topics.audit, key, value)
 
     def _known_redaction(self, record: _Record) -> Callable[[dict[str, Any]], None] | None:

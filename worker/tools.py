@@ -165,6 +165,9 @@ class Held:
                 "fingerprint": s.fingerprint,
                 "identity": s.identity,
                 "expiresAt": s.expires_at_ms,
+                "auditChain": None
+                if s.chain is None
+                else {"seq": s.chain.seq, "digest": s.chain.digest},
             },
             "revoked": self.revoked,
         }

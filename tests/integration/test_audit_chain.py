@@ -115,6 +115,9 @@ def test_audit_verify_finds_every_kind_of_tampering_on_a_real_topic(harness: Har
     assert all(d["publisher"]["host"] and d["publisher"]["user"] for d in configs)
     assert "api-key" not in b"".join(lines).decode() and AUDIT_KEY not in b"".join(lines).decode()
 
+    shown = h.cli("sessions", "show", "acme", "secure", "s-eve", "--json")
+    assert json.loads(shown.stdout)["state"]["auditChain"]["seq"] == 3, shown.stdout
+
     # intact: on the topic itself and on its export
     rc, out = verify_topic(h, h.topics["audit"])
     assert rc == 0 and "intact" in out, out
