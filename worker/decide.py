@@ -88,7 +88,7 @@ class Chain:
 
     def moved_by(self, partition: int | None, offset: int | None) -> bool:
         """Whether the inbound record at (`partition`, `offset`) moved the chain."""
-        for m in self.movers:  # (a loop: this runs for every message of a signed session)
+        for m in self.movers:  # noqa: SIM110 - a loop: runs for every message of a signed session
             if m[1] == offset and m[0] == partition:
                 return True
         return False

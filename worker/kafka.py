@@ -194,10 +194,13 @@ async def _config_audit(
     settings: Settings, records: list[tuple[str, str, bytes | None]]
 ) -> list[tuple[str, bytes]]:
     """The `config_changed` events of `records`, keyed and chained by organization."""
+    t = settings.topics
+    records = [r for r in records if r[0] in (t.bots, t.connectors)]  # not events, revocations
+    if not records:
+        return []
     key = signing_key(settings)
     sealer = None if key is None else Sealer(key)
     publisher = publisher_of()
-    t = settings.topics
     current = await _reading(settings, _latest_values, sorted({topic for topic, _, _ in records}))
     links: dict[str, Link] = {}
     out: list[tuple[str, bytes]] = []

@@ -125,6 +125,15 @@ async def _seek(
 def audit_line(doc: dict[str, Any]) -> str:
     """One audit event as a readable line."""
     at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(doc.get("time") or 0) / 1000))
+    if doc.get("kind") == "config_changed":
+        what = "bot" if "bot" in doc else "connector"
+        by = doc.get("publisher") or {}
+        digest = str(doc.get("digest") or "")
+        change = f"digest {digest[:16]}" if digest else "deleted"
+        return printable(
+            f"{at}Z  config_changed {doc.get('organization')} {what} {doc.get(what)}  {change}"
+            f"  by {by.get('user')}@{by.get('host')}"
+        )
     v = doc.get("validation") or {}
     how = ""
     if v:

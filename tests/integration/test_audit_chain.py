@@ -93,6 +93,8 @@ def test_audit_verify_finds_every_kind_of_tampering_on_a_real_topic(harness: Har
     # a connector deleted (a digest of nothing), and one that never was (no event)
     deleted = h.cli("config", "delete", "--connector", "acme/main", "--connector", "acme/none")
     assert deleted.returncode == 0, deleted.stderr
+    # a revocation is not a configuration change (nor are events `send` writes)
+    assert h.cli("revoke", "--session", "acme", "secure", "s-nobody").returncode == 0
 
     lines = export(h)
     docs = [orjson.loads(raw) for raw in lines]

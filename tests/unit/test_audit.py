@@ -275,3 +275,15 @@ async def test_unsigned_without_a_key() -> None:
     p._sealer = None
     await feed(p, [(0, inbound(0))])
     assert "integrity" not in orjson.loads(audit[0])
+
+
+def test_a_config_change_reads_as_a_line_naming_what_changed_and_who() -> None:
+    from worker.audit import config_event
+    from worker.tools import audit_line
+
+    doc = config_event("acme", "connector", "api", b"{}")
+    doc["publisher"] = {"user": "ops", "host": "bastion\x1b[2J"}
+    line = audit_line(doc)
+    assert "config_changed acme connector api  digest 44136fa355b3678a  by ops@bastion" in line
+    assert "\x1b" not in line
+    assert "deleted" in audit_line(config_event("acme", "bot", "b", None) | {"publisher": {}})
