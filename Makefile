@@ -25,10 +25,10 @@ unit: install
 test: install
 	$(BIN)/python -m pytest
 
-## make soak: the long fault-injection runs (figures into docs/reliability.md), then the fuzz tests at 10x
+## make soak: the fuzz tests at 10x, then the long fault-injection runs (figures into docs/reliability.md)
 soak: install
-	SOAK_ROUNDS=20 SOAK_PER_SESSION=50 ROLLING_SESSIONS=100000 SECURE_SESSION_UPDATE_DOCS=1 $(BIN)/python -m pytest tests/soak -s
 	FUZZ_EXAMPLES=3000 $(BIN)/python -m pytest tests/unit/test_fuzz.py
+	SOAK_ROUNDS=20 SOAK_PER_SESSION=50 ROLLING_SESSIONS=100000 SECURE_SESSION_UPDATE_DOCS=1 $(BIN)/python -m pytest tests/soak -s
 
 ## make check: lint, format and types
 check: install
