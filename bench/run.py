@@ -9,7 +9,8 @@ Sizes come from the environment (defaults in brackets):
   BENCH_MESSAGES [100000]         messages of the cached-path and bare-loop runs
   BENCH_SCALE_MESSAGES [300000]   messages of each scale-out run (1, 2, 3 workers)
   BENCH_SESSIONS [1000]           sessions of the cached-path run
-  BENCH_ROUNDS [3]                rounds of (bare loop, cached path): medians are reported
+  BENCH_ROUNDS [3]                rounds of (bare loop, Quix Streams stateless and stateful,
+                                  cached path): medians are reported
   BENCH_SLOW_SESSIONS [10000]     sessions of the slow-API run (200 ms a call)
   BENCH_SLOW_PER_SESSION [100]    messages per session there (1 call per this many)
   BENCH_LATENCY_SECONDS [10]      duration of each steady-rate latency run
@@ -313,6 +314,34 @@ async def bare_loop(b: Bench, records: list[tuple[bytes, bytes]], tag: str) -> f
         await producer.stop()
 
 
+async def quix_rate(
+    b: Bench, records: list[tuple[bytes, bytes]], tag: str, stateful: bool
+) -> float:
+    """Quix Streams (bench/peers/quix.py, its own process) on the same records (a backlog);
+    its rate from its output records' timestamps, as the worker's."""
+    kind = "stateful" if stateful else "stateless"
+    src, dst = f"bench.quix-{kind}{tag}.in", f"bench.quix-{kind}{tag}.out"
+    admin = AIOKafkaAdminClient(bootstrap_servers=b.bootstrap)
+    await admin.start()
+    try:  # tansu reports only configs set at creation, and Quix copies this one
+        week = {"retention.ms": str(7 * 24 * 3600 * 1000)}
+        await admin.create_topics(
+            [NewTopic(src, PARTITIONS, 1, topic_configs=week), NewTopic(dst, PARTITIONS, 1)]
+        )
+    finally:
+        await admin.close()
+    await b.produce(src, records)
+    since_ms = time.time() * 1000
+    command = [sys.executable, "-m", "bench.peers.quix", "--bootstrap", b.bootstrap]
+    command += ["--input", src, "--output", dst, "--count", str(len(records))]
+    command += ["--group", f"bench-quix-{kind}{tag}", "--state-dir", str(b.tmp / f"quix{tag}")]
+    command += ["--stateful"] if stateful else []
+    done = await asyncio.to_thread(subprocess.run, command, capture_output=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"Quix Streams failed: {done.stderr.decode()[-2000:]}")
+    return len(records) / await decision_span(b, [dst], len(records), since_ms, len(records))
+
+
 async def exact_end_offsets(b: Bench, changelog: str) -> None:
     """A last batch of one record in every partition of a table's changelog: tansu's end
     offsets are then exact (BROKER.md), as Faust's recovery needs them to be."""
@@ -412,18 +441,36 @@ async def cached_path(b: Bench, sessions: int, messages: int, rounds: int) -> di
     await exact_end_offsets(b, "bench-cached-sessions-changelog")
     calls = sum(b.api.calls.values())
     total, bare, cached = sessions, [], []
+    quix: dict[bool, list[float]] = {False: [], True: []}
     for n in range(rounds):
         bare.append(await bare_loop(b, workload(sessions, messages // sessions, "b"), str(n)))
+        for stateful in (False, True):
+            peer = workload(sessions, messages // sessions, "q")
+            quix[stateful].append(await quix_rate(b, peer, str(n), stateful))
         records = workload(sessions, messages // sessions, "c")
         await b.produce(t["inbound"], records)
         total += len(records)
         cached.append(await worker_rate(b, "cached", total, [t["allowed"]], total, len(records)))
-        print(f"  round {n + 1}: bare {bare[-1]:,.0f} msg/s, worker {cached[-1]:,.0f} msg/s")
+        print(
+            f"  round {n + 1}: bare {bare[-1]:,.0f} msg/s, Quix Streams stateless "
+            f"{quix[False][-1]:,.0f} / stateful {quix[True][-1]:,.0f} msg/s, worker "
+            f"{cached[-1]:,.0f} msg/s",
+            flush=True,
+        )
     assert sum(b.api.calls.values()) == calls, "the cached path made calls"
     return {
         "bare_msgs_per_s": statistics.median(bare),
         "cached_msgs_per_s": statistics.median(cached),
         "cached_ratio": statistics.median(c / r for c, r in zip(cached, bare, strict=True)),
+        "quix_stateless_msgs_per_s": statistics.median(quix[False]),
+        "quix_stateful_msgs_per_s": statistics.median(quix[True]),
+        "quix_stateful_to_bare": statistics.median(
+            q / r for q, r in zip(quix[True], bare, strict=True)
+        ),
+        # the worker's cached path / Quix Streams stateful, round by round (target >= 1)
+        "quix_ratio": statistics.median(c / q for c, q in zip(cached, quix[True], strict=True)),
+        "quix_stateless_rounds": [round(v) for v in quix[False]],
+        "quix_stateful_rounds": [round(v) for v in quix[True]],
         "bare_rounds": [round(v) for v in bare],
         "cached_rounds": [round(v) for v in cached],
     }
@@ -892,6 +939,13 @@ def table(r: dict[str, Any]) -> str:
             f"{r['cached_ratio']:.2f} of bare (target >= 0.5)",
         ),
         (
+            "Quix Streams 3.28, stateless / stateful",
+            f"{r.get('quix_stateless_msgs_per_s', 0):,.0f} / "
+            f"{r.get('quix_stateful_msgs_per_s', 0):,.0f} msg/s",
+            f"stateful {r.get('quix_stateful_to_bare', 0):.2f} of bare; the worker's cached "
+            f"path is {r.get('quix_ratio', 0):.2f} of it (target >= 1)",
+        ),
+        (
             "worker, slow API (200 ms)",
             f"{r['slow_msgs_per_s']:,.0f} msg/s",
             f"{r['slow_ratio']:.2f} of cached (target >= 0.5)",
@@ -1121,7 +1175,8 @@ async def main() -> None:
         if os.environ.get("BENCH_ONLY") == "cached":
             print(
                 f"bare {r['bare_msgs_per_s']:,.0f} msg/s, cached {r['cached_msgs_per_s']:,.0f}"
-                f" msg/s, ratio {r['cached_ratio']:.2f}"
+                f" msg/s, ratio {r['cached_ratio']:.2f}; Quix Streams stateful "
+                f"{r['quix_stateful_msgs_per_s']:,.0f} msg/s, worker / Quix {r['quix_ratio']:.2f}"
             )
             return
         print("slow API...", flush=True)

@@ -1,0 +1,1 @@
+"""Other stream processors, measured in the same run as the worker on the same input."""
