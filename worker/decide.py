@@ -130,6 +130,18 @@ class SessionState:
     chain: Chain | None = None
     """Its audit chain, when audit events are signed."""
 
+    def with_chain(self, chain: Chain | None) -> SessionState:
+        """This state with another audit chain (dataclasses.replace is ~10x slower)."""
+        return SessionState(
+            self.validated_at_ms,
+            self.allowed,
+            self.fingerprint,
+            self.identity,
+            self.expires_at_ms,
+            self.partition,
+            chain,
+        )
+
     def encode(self) -> bytes:
         fields: list[Any] = [
             2 if self.chain is None else STATE_VERSION,

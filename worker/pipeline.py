@@ -41,7 +41,7 @@ from collections.abc import (
     MutableMapping,
     Sequence,
 )
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
 import orjson
@@ -410,16 +410,20 @@ class Pipeline:
             if sealing or (new_state is not None and new_state.identity is not None)
             else None
         )
-        if new_state is not None and new_state.identity is not None:  # noqa: SIM102
-            if old is not None and old.identity not in (None, new_state.identity):
-                log.warning(
-                    "identity changed in session: %s -> %s",
-                    old.identity,
-                    new_state.identity,
-                    extra=_where(record),
-                )
+        if (
+            new_state is not None
+            and new_state.identity is not None
+            and old is not None
+            and old.identity not in (None, new_state.identity)
+        ):
+            log.warning(
+                "identity changed in session: %s -> %s",
+                old.identity,
+                new_state.identity,
+                extra=_where(record),
+            )
         if new_state is not None and old is not None and old.chain is not None:
-            new_state = replace(new_state, chain=old.chain)
+            new_state = new_state.with_chain(old.chain)
         if new_state is not None and not sealing:  # sealing: written with its chain, below
             self._run_as(record.origin, self._table.__setitem__, key, new_state.encode())
         decision = verdict(result, bot.failure_mode, first=True)
@@ -593,16 +597,7 @@ class Pipeline:
             if state is None:  # a chain before any stored validation: never reused
                 state = SessionState(self._now_ms(), False, "", None, None, partition, chain)
             else:
-                s = state
-                state = SessionState(
-                    s.validated_at_ms,
-                    s.allowed,
-                    s.fingerprint,
-                    s.identity,
-                    s.expires_at_ms,
-                    s.partition,
-                    chain,
-                )
+                state = state.with_chain(chain)
             raw = state.encode()
             self._run_as(origin, self._table.__setitem__, event.state_key, raw)
             self._written = (raw, state)
