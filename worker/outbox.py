@@ -15,13 +15,16 @@ hands over the open builders, waits for every batch to be delivered, and raises 
 not, so that commit fails instead of passing records that were never written.
 
 A record may come with the time its inbound message came in (`since`); once its batch is
-delivered, `on_delivered` gets those times (the worker's decision-time histogram).
+delivered, `on_delivered` gets those times and when the batch was handed to the producer
+(the worker's decision-time histograms: to the hand-over, its own share; to the delivery,
+the broker's answer included).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +49,7 @@ class Outbox:
         producer: Callable[[], AIOKafkaProducer],
         on_failure: Callable[[BaseException], None],
         *,
-        on_delivered: Callable[[list[float]], None] = lambda _since: None,
+        on_delivered: Callable[[list[float], float], None] = lambda _since, _handed: None,
         max_queued: int = 64,
     ) -> None:
         self._producer = producer
@@ -154,12 +157,13 @@ class Outbox:
                 self._n_queued -= 1
                 if self._n_queued < self._max_queued:
                     self._room.set()
+                handed = time.monotonic()
                 delivered = await producer.send_batch(batch.builder, tp[0], partition=tp[1])
                 await delivered
                 self._sent[tp] += 1
                 self._progress.set()
                 if batch.since:
-                    self._on_delivered(batch.since)
+                    self._on_delivered(batch.since, handed)
         except Exception as exc:  # noqa: BLE001 - not written: the worker must stop
             self._fail(exc)
         finally:

@@ -168,7 +168,7 @@ class Pipeline:
         self._clock = clock
         self._sealer = sealer
         self._written: tuple[bytes, SessionState] | None = None
-        """The state `_audit` wrote last, as bytes and decoded."""
+        """The state written last, as bytes and decoded."""
         self._lanes: dict[bytes, deque[_Record]] = {}
         self._order: dict[Hashable, deque[_Record]] = {}
         self._held = 0
@@ -187,8 +187,8 @@ class Pipeline:
         metrics.held.set_function(lambda: self._held)  # read when scraped
 
     def _state(self, key: bytes) -> SessionState | None:
-        """A session's stored state; the one `_audit` wrote last without decoding it again
-        (a lane's waiters read what the one before them wrote)."""
+        """A session's stored state; the one written last without decoding it again (a
+        lane's waiters read what its validation wrote)."""
         raw = self._reads.get(key)
         last = self._written
         if last is not None and raw is last[0]:
@@ -425,7 +425,9 @@ class Pipeline:
         if new_state is not None and old is not None and old.chain is not None:
             new_state = new_state.with_chain(old.chain)
         if new_state is not None and not sealing:  # sealing: written with its chain, below
-            self._run_as(record.origin, self._table.__setitem__, key, new_state.encode())
+            raw = new_state.encode()
+            self._run_as(record.origin, self._table.__setitem__, key, raw)
+            self._written = (raw, new_state)  # the lane's waiters read it without decoding
         decision = verdict(result, bot.failure_mode, first=True)
         await self._audit(
             record,

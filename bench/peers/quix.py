@@ -1,74 +1,41 @@
-"""Quix Streams as a peer (its own process): `python -m bench.peers.quix ARGS`.
-
-Reads a backlog of inbound events from `--input`, and per record either (stateless)
-decodes it and writes it to `--output`, or (stateful) also keeps per-session state (a
-RocksDB store with its changelog topic: Quix's default) and writes the record with it.
-Its output records are stamped with the time they are written (the bench times every
-pipeline by its outputs' timestamps). It stops after `--count` records and prints one JSON
-line: `{"count", "seconds"}`, the time from its first record to its last. On tansu it
-needs `retention.ms` set explicitly on its input topic (Quix copies it to its changelog
-topic, and tansu reports only configs set at creation) and short consumer session
-timeouts to join quickly.
-"""
+"""Quix Streams as a peer: the app (bench/peers/quix_app.py) in its own process, timed by
+its output records' timestamps as the worker is."""
 
 from __future__ import annotations
 
-import argparse
-import json
+import asyncio
+import subprocess
+import sys
 import time
-from typing import Any
 
-from quixstreams import Application
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--bootstrap", required=True)
-    p.add_argument("--input", required=True)
-    p.add_argument("--output", required=True)
-    p.add_argument("--count", type=int, required=True)
-    p.add_argument("--stateful", action="store_true")
-    p.add_argument("--state-dir", default="/tmp/quix-state")
-    p.add_argument("--group", required=True)
-    a = p.parse_args()
-    app = Application(
-        broker_address=a.bootstrap,
-        consumer_group=a.group,
-        auto_offset_reset="earliest",
-        state_dir=a.state_dir,
-        consumer_extra_config={"session.timeout.ms": 6000, "heartbeat.interval.ms": 300},
-        loglevel="WARNING",
-    )
-    source = app.topic(a.input, value_deserializer="json")
-    sink = app.topic(a.output, value_serializer="json")
-    seen = {"n": 0, "first": 0.0, "last": 0.0}
-
-    def count(value: Any) -> Any:
-        now = time.monotonic()
-        if not seen["n"]:
-            seen["first"] = now
-        seen["n"] += 1
-        seen["last"] = now
-        if seen["n"] >= a.count:
-            app.stop()
-        return value
-
-    def remember(value: dict[str, Any], state: Any) -> dict[str, Any]:  # a quixstreams State
-        n = state.get("n", 0) + 1
-        state.set("n", n)
-        return {**value, "seen": n}
-
-    sdf = app.dataframe(source)
-    if a.stateful:
-        sdf = sdf.apply(remember, stateful=True)
-    sdf = sdf.apply(count)
-    # Quix gives an output record its input's timestamp; the bench times every pipeline by
-    # when its outputs were written, so stamp them with that, as the worker's are
-    sdf = sdf.set_timestamp(lambda _value, _key, _ts, _headers: int(time.time() * 1000))
-    sdf.to_topic(sink)
-    app.run()
-    print(json.dumps({"count": seen["n"], "seconds": seen["last"] - seen["first"]}), flush=True)
+from bench.harness import PARTITIONS, Bench, decision_span
 
 
-if __name__ == "__main__":
-    main()
+async def quix_rate(
+    b: Bench, records: list[tuple[bytes, bytes]], tag: str, stateful: bool
+) -> float:
+    """Quix Streams (bench/peers/quix_app.py, its own process) on the same records (a backlog);
+    its rate from its output records' timestamps, as the worker's."""
+    kind = "stateful" if stateful else "stateless"
+    src, dst = f"bench.quix-{kind}{tag}.in", f"bench.quix-{kind}{tag}.out"
+    admin = AIOKafkaAdminClient(bootstrap_servers=b.bootstrap)
+    await admin.start()
+    try:  # tansu reports only configs set at creation, and Quix copies this one
+        week = {"retention.ms": str(7 * 24 * 3600 * 1000)}
+        await admin.create_topics(
+            [NewTopic(src, PARTITIONS, 1, topic_configs=week), NewTopic(dst, PARTITIONS, 1)]
+        )
+    finally:
+        await admin.close()
+    await b.produce(src, records)
+    since_ms = time.time() * 1000
+    command = [sys.executable, "-m", "bench.peers.quix_app", "--bootstrap", b.bootstrap]
+    command += ["--input", src, "--output", dst, "--count", str(len(records))]
+    command += ["--group", f"bench-quix-{kind}{tag}", "--state-dir", str(b.tmp / f"quix{tag}")]
+    command += ["--stateful"] if stateful else []
+    done = await asyncio.to_thread(subprocess.run, command, capture_output=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"Quix Streams failed: {done.stderr.decode()[-2000:]}")
+    return len(records) / await decision_span(b, [dst], len(records), since_ms, len(records))

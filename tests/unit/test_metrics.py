@@ -42,7 +42,7 @@ async def test_a_blocked_loop_shows_as_lag() -> None:
 def test_decision_times_are_counted_by_bucket_a_batch_at_a_time() -> None:
     metrics = Metrics()
     now = time.monotonic()
-    metrics.delivered([now - 0.004, now - 0.004, now - 2])
+    metrics.delivered([now - 0.004, now - 0.004, now - 2], now - 0.003)
 
     def decision(suffix: str, le: str | None = None) -> float:
         return sample(metrics, "decision", suffix, le)
@@ -52,6 +52,10 @@ def test_decision_times_are_counted_by_bucket_a_batch_at_a_time() -> None:
     assert decision("_bucket", "1.0") == 2  # bounds written as prometheus_client writes them
     assert decision("_bucket", "2.5") == decision("_bucket", "+Inf") == decision("_count") == 3
     assert 2.008 <= decision("_sum") < 2.1
+    # to the hand-over to the Kafka client (3 ms before the delivery): the worker's share
+    assert sample(metrics, "decision_handover", "_bucket", "0.0005") == 0
+    assert sample(metrics, "decision_handover", "_bucket", "0.002") == 2
+    assert sample(metrics, "decision_handover", "_count") == 3
 
 
 def test_build_info_and_the_standard_collectors_are_exported() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -121,11 +122,18 @@ async def test_too_many_waiting_batches_ask_the_caller_to_wait() -> None:
 async def test_each_batch_reports_when_its_timed_records_came_in_once_it_is_delivered() -> None:
     producer = FakeProducer(batch_size=200, delay_s=0.005)  # a few records a batch
     reports: list[tuple[int, list[float]]] = []  # (batches delivered by then, times)
+    handed: list[tuple[float, float]] = []  # (handed over, delivered)
+
+    def on_delivered(since: list[float], at: float) -> None:
+        reports.append((producer.delivered, list(since)))
+        handed.append((at, time.monotonic()))
+
     outbox = Outbox(
         lambda: producer,  # type: ignore[arg-type,return-value]
         print,
-        on_delivered=lambda since: reports.append((producer.delivered, list(since))),
+        on_delivered=on_delivered,
     )
+    began = time.monotonic()
     for n in range(100):
         outbox.add("allowed", n % 2, 2, None, b"record-%04d" % n, None, since=float(n))
         outbox.add("audit", 0, 1, None, b"audit-%04d" % n, None)  # not timed
@@ -139,3 +147,5 @@ async def test_each_batch_reports_when_its_timed_records_came_in_once_it_is_deli
     assert sorted(at for _, ats in reports for at in ats) == [float(n) for n in range(100)]
     delivered = [n for n, _ in reports]
     assert delivered == sorted(delivered) and delivered[0] >= 1  # after delivery, not before
+    # handed over before it was delivered (the fake producer takes 5 ms to answer)
+    assert all(began <= at <= done - 0.004 for at, done in handed)

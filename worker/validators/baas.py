@@ -59,6 +59,12 @@ def _fingerprint_hashable(alias: str, values: tuple[Any, ...]) -> str:
 on_fingerprint_key_change(_fingerprint_hashable.cache_clear)
 
 
+@functools.lru_cache(maxsize=1024)
+def _url(endpoint: str) -> httpx.URL:
+    """A connector's parsed Endpoint (httpx.URL is immutable): parsed once, not per call."""
+    return httpx.URL(endpoint)
+
+
 class BaasValidator:
     """Prepares and performs BaaS calls."""
 
@@ -97,7 +103,7 @@ class BaasValidator:
             content = orjson.dumps(body)
             headers.setdefault("Content-Type", "application/json")
         # the Endpoint's own query string is kept, the mapped parameters added to it
-        url = httpx.URL(con.endpoint)
+        url = _url(con.endpoint)
         if params:
             url = url.copy_merge_params(params)
         return httpx.Request(con.method, url, headers=headers, content=content)
@@ -105,20 +111,22 @@ class BaasValidator:
     async def validate(self, call: BaasCall) -> tuple[Validation, Report]:
         """Call the API (with retries) and say what it answered; never raises."""
         con = call.connector
-
-        async def build(auth: dict[str, str]) -> httpx.Request:
-            return self.build_request(call, auth)
-
         unsendable = _unsendable(call)
         if unsendable is not None:
             return self._result(call, "token_invalid", unsendable, None)
         try:  # what the event's values make impossible to send is that message's alone
-            self.build_request(call, {})
+            plain = self.build_request(call, {})
         except Misconfigured as exc:
             return self._result(call, "misconfigured", str(exc), None)
         except (httpx.InvalidURL, UnicodeEncodeError, ValueError, TypeError) as exc:
             detail = f"the request cannot be built from the event ({exc.__class__.__name__})"
             return self._result(call, "token_invalid", f"{detail}: not sent", None)
+
+        async def build(auth: dict[str, str]) -> httpx.Request:
+            # without connector auth, the request built above (its content is bytes: it
+            # can be sent again by a retry)
+            return self.build_request(call, auth) if auth else plain
+
         try:
             answer = await self._calls.call(
                 con, build, read_body=con.identity_path is not None, what="Authorization API"

@@ -15,7 +15,9 @@ import statistics
 import time
 from typing import Any
 
-from bench.run import Bench, committed, exact_end_offsets, slow_api, worker_rate, workload
+from bench.harness import CALL_LIMITS, Bench, committed, exact_end_offsets, worker_rate
+from bench.runs.slow import slow_api
+from bench.workloads import workload
 from worker.audit import START, Sealer
 from worker.decide import Chain, SessionState
 from worker.events import Who, audit_event
@@ -73,13 +75,7 @@ def seal_cost_us(n: int = 20_000) -> float:
 async def audit_cost(
     b: Bench, sessions: int, messages: int, slow_sessions: int, slow_per_session: int, rounds: int
 ) -> dict[str, Any]:
-    # calls bounded by concurrency only: every session is validated once (no call queue
-    # overflowing into `unavailable` blocks, which would make the two runs differ in kind)
-    limits = {
-        "SECURE_SESSION_MAX_CALLS_PER_ORG": "200",
-        "SECURE_SESSION_MAX_CALLS_PER_CONNECTOR": "200",
-        "SECURE_SESSION_MAX_QUEUED_CALLS": "100000",
-    }
+    limits = CALL_LIMITS  # every session validated once (bench/harness.py)
     variants = {"plain": limits, "signed": limits | _signed_env(b)}
     totals: dict[str, int] = {}
     for name, extra in variants.items():  # every session validated once, per variant

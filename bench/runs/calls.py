@@ -1,6 +1,6 @@
 """CPU per HTTP call: the worker's transport against httpx's own, in one process.
 
-`python -m bench.calls URL API_KEY TOKEN` (the benchmark runs it beside its reference API,
+`python -m bench.runs.calls URL API_KEY TOKEN` (the benchmark runs it beside its reference API,
 which then spends its CPU in another process). Both transports go through the worker's
 `Http.call` with the same pool size and calls at once; they take turns, twice each, and
 the medians are printed as JSON: `{"worker_ms": …, "httpx_ms": …, …}`.
@@ -13,9 +13,11 @@ import json
 import statistics
 import sys
 import time
+from typing import Any
 
 import httpx
 
+from bench.harness import API_KEY, Bench
 from worker.validators.http import Http, new_transport
 
 CALLS = 4000
@@ -62,6 +64,25 @@ async def main(url: str, key: str, token: str) -> None:
             }
         )
     )
+
+
+async def call_cpu(b: Bench) -> dict[str, Any]:
+    """CPU per call of the worker's HTTP client and of httpx's own (this module's main), in a
+    process of their own, so that the API's CPU (here) is not counted."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.runs.calls",
+        b.server.url,
+        API_KEY,
+        "tok-c0",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"bench.runs.calls failed ({proc.returncode})")
+    figures: dict[str, Any] = json.loads(out)
+    return figures
 
 
 if __name__ == "__main__":
