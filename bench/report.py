@@ -124,16 +124,16 @@ def table(r: dict[str, Any]) -> str:
                 f"{r['rss_full_mb']:,.0f} MB in all",
             ),
             (
-                "ready after restart, memory store",
-                f"{r['restart_ready_s']:.1f} s",
-                "loads its partitions with a plain consumer (target < 60 s), which reads "
-                "the changelog alone in "
+                "ready with them: first start / restart, memory store (the default)",
+                f"{r['first_ready_s']:.1f} / {r['restart_ready_s']:.1f} s",
+                "start to a first message's decision (target < 10 s); it loads its partitions "
+                "with a plain consumer, which reads the changelog alone in "
                 f"{r.get('changelog_read_s', 0):.1f} s",
             ),
             (
-                "ready after restart, RocksDB store",
-                f"{r['restart_ready_rocksdb_s']:.1f} s",
-                f"local state; first load {r['first_load_rocksdb_s']:.0f} s",
+                "ready with them: first start / restart, RocksDB store",
+                f"{r['first_ready_rocksdb_s']:.1f} / {r['restart_ready_rocksdb_s']:.1f} s",
+                "a first start goes through Faust's recovery; a restart reads local state",
             ),
         ]
     width = max(len(a) for a, _, _ in rows)
