@@ -104,3 +104,29 @@ async def test_a_failed_load_leaves_the_partitions_to_faust() -> None:
     s = new_store()
     await s.on_rebalance({TP("inbound", 0)}, set(), {TP("inbound", 0)})
     assert s.persisted_offset(TP(CHANGELOG, 0)) is None and s.data == {}
+
+
+async def test_reports_no_more_than_the_end_offset_the_broker_gave(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """tansu answers end offsets as the last batch's base offset + 1: a load reads the
+    whole last batch, past that end. Reporting the last offset read made Faust's recovery
+    refuse to start (ConsistencyError: persisted offset higher than the highwater, which
+    it takes from the same wrong end), and the worker died at start. It reports at most
+    end - 1 (Faust then reads nothing more) and keeps all it read."""
+
+    async def short_end(self: FakeConsumer, parts: list[TopicPartition]) -> Any:
+        return dict.fromkeys(parts, 1)  # partition 0's log is one batch of 3, from 0
+
+    async def whole_batches(self: FakeConsumer, *parts: TopicPartition, **_: Any) -> Any:
+        batch = {p: self.LOG[p.partition][self.positions[p] :] for p in parts}
+        for p, records in batch.items():
+            self.positions[p] += len(records)
+        return {p: records for p, records in batch.items() if records}
+
+    monkeypatch.setattr(FakeConsumer, "end_offsets", short_end)
+    monkeypatch.setattr(FakeConsumer, "getmany", whole_batches)
+    s = new_store()
+    await s.on_rebalance({TP("inbound", 0)}, set(), {TP("inbound", 0)})
+    assert s.data == {b"a": b"3", b"b": b"2"}  # the whole batch, past the wrong end
+    assert s.persisted_offset(TP(CHANGELOG, 0)) == 0  # end (1) - 1, not the 2 read
