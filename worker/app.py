@@ -62,6 +62,12 @@ def faust_settings(settings: Settings, partitions: int) -> dict[str, Any]:
         "stream_wait_empty": True,
         # Faust's livelock check: the drain loop feeds it (worker/faust_tuning.py)
         "stream_processing_timeout": settings.stall_warning_s,
+        # Faust's check that a table partition's offset is not past the changelog's end
+        # guards local files (RocksDB) against a topic recreated under them. The memory
+        # store has none, and the check only fired where a broker reports end offsets
+        # short of its last records (tansu: its last batch's base + 1), stopping the worker
+        # at the next rebalance once a standby had read to the end
+        "recovery_consistency_check": settings.store != "memory",
     }
     sec = settings.security
     if sec.sasl:

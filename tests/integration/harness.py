@@ -114,6 +114,63 @@ class Harness:
         finally:
             await admin.close()
 
+    async def write_states(
+        self,
+        con: dict[str, Any],
+        sessions: int,
+        bot: str = "secure",
+        batched: bool = True,
+        flush_every: int = 2000,
+    ) -> None:
+        """A valid state for sessions s0 .. s<sessions - 1> (tokens tok-<n>) of `bot`, in
+        their partitions of the table's changelog, in the worker's format, before any
+        worker starts; `batched`: in batches, as a busy worker writes them (on tansu a
+        partition's end offset is then its last batch's base offset + 1, short of its
+        last records), else one record per batch; flushed every `flush_every` records."""
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+        from worker.config import parse_connector
+        from worker.decide import SessionState
+        from worker.events import DEFAULT_FINGERPRINT_KEY, configure_fingerprints, parse_inbound
+        from worker.kafka import partition_for
+        from worker.validators.baas import BaasValidator
+
+        topic = f"{self.app_id}-sessions-changelog"
+        partitions = int(self.env()["SECURE_SESSION_PARTITIONS"])
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.broker.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics(
+                [NewTopic(topic, partitions, 1, topic_configs={"cleanup.policy": "compact"})]
+            )
+        finally:
+            await admin.close()
+        connector_ = parse_connector(con, "write_states")
+        configure_fingerprints(self.env()["SECURE_SESSION_FINGERPRINT_KEY"].encode())
+        options: dict[str, Any] = {"linger_ms": 5} if batched else {"max_batch_size": 16}
+        producer = AIOKafkaProducer(bootstrap_servers=self.broker.bootstrap, **options)
+        await producer.start()
+        try:
+            now_ms = int(time.time() * 1000)
+            futures = []
+            for s in range(sessions):
+                doc = event(f"s{s}", "m0", f"tok-{s}", bot=bot)
+                call = BaasValidator.prepare(None, connector_, parse_inbound(orjson.dumps(doc)))  # type: ignore[arg-type]
+                partition = partition_for(f"s{s}".encode(), partitions)
+                state = SessionState(now_ms, True, call.fingerprint, None, None, partition)
+                futures.append(
+                    await producer.send(
+                        topic, state.encode(), key=f"acme/{bot}/s{s}".encode(), partition=partition
+                    )
+                )
+                if len(futures) >= flush_every:
+                    await asyncio.gather(*futures)
+                    futures.clear()
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+            configure_fingerprints(DEFAULT_FINGERPRINT_KEY)
+
     async def _collect(self) -> None:
         names = {self.topics[k]: k for k in ("allowed", "blocked", "audit")}
         while True:

@@ -20,7 +20,6 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -49,7 +48,7 @@ def test_a_rolling_restart_revalidates_no_session(broker: Broker, tmp_path: Path
         config = h.write_config([bot("secure", interval=3600)], [con])
         started = time.monotonic()
         if SESSIONS > PREFILL_ABOVE:
-            h.run(prefill(h, con, h.env()["SECURE_SESSION_FINGERPRINT_KEY"]), timeout=600)
+            h.run(h.write_states(con, SESSIONS), timeout=600)
         for _ in range(3):
             h.start_worker(config)
         wait_ready(h, list(range(3)))
@@ -104,52 +103,6 @@ def test_a_rolling_restart_revalidates_no_session(broker: Broker, tmp_path: Path
     assert revalidated == 0
     assert not blocked and not not_cached
     h.assert_clean()
-
-
-async def prefill(h: Harness, con: dict[str, Any], key: str) -> None:
-    """A valid state for every session, in its partition of the table's changelog, in the
-    worker's format, in batches as a busy worker writes them (on tansu the end offset of a
-    partition is then short of its last records: worker/store.py allows for it)."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    from worker.config import parse_connector
-    from worker.decide import SessionState
-    from worker.events import DEFAULT_FINGERPRINT_KEY, configure_fingerprints, parse_inbound
-    from worker.kafka import partition_for
-    from worker.validators.baas import BaasValidator
-
-    topic = f"{h.app_id}-sessions-changelog"
-    admin = AIOKafkaAdminClient(bootstrap_servers=h.broker.bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [NewTopic(topic, PARTITIONS, 1, topic_configs={"cleanup.policy": "compact"})]
-        )
-    finally:
-        await admin.close()
-    connector_ = parse_connector(con, "prefill")
-    configure_fingerprints(key.encode())
-    producer = AIOKafkaProducer(bootstrap_servers=h.broker.bootstrap, linger_ms=5)
-    await producer.start()
-    try:
-        now_ms = int(time.time() * 1000)
-        futures = []
-        for s in range(SESSIONS):
-            doc = event(f"s{s}", "m0", f"tok-{s}")
-            call = BaasValidator.prepare(None, connector_, parse_inbound(orjson.dumps(doc)))  # type: ignore[arg-type]
-            partition = partition_for(f"s{s}".encode(), PARTITIONS)
-            state = SessionState(now_ms, True, call.fingerprint, None, None, partition)
-            key_ = f"acme/secure/s{s}".encode()
-            futures.append(
-                await producer.send(topic, state.encode(), key=key_, partition=partition)
-            )
-            if len(futures) >= 2000:
-                await asyncio.gather(*futures)
-                futures.clear()
-        await asyncio.gather(*futures)
-    finally:
-        await producer.stop()
-        configure_fingerprints(DEFAULT_FINGERPRINT_KEY)
 
 
 def wait_ready(h: Harness, logs: list[int], timeout: float = 90) -> None:
