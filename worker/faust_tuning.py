@@ -393,15 +393,23 @@ def _seam_failed(helper: str, exc: BaseException) -> None:
         )
 
 
-def kafka_connected(app: faust.App) -> bool | None:
-    """Has the worker's consumer a live broker connection? None before it has started, or
-    when the internals it reads moved (logged and counted: see `SEAM_ERRORS`)."""
+def _aiokafka_consumer(app: faust.App, helper: str) -> aiokafka.AIOKafkaConsumer | None:
+    """The aiokafka consumer under Faust's; None before it has started, or when the
+    internals it reads moved (logged and counted for `helper`: see `SEAM_ERRORS`)."""
     try:
-        consumer = app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
+        return app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
     except ConsumerNotStarted:
         return None
     except Exception as exc:  # noqa: BLE001 - fail loudly, never take the worker down
-        _seam_failed("kafka_connected", exc)
+        _seam_failed(helper, exc)
+        return None
+
+
+def kafka_connected(app: faust.App) -> bool | None:
+    """Has the worker's consumer a live broker connection? None before it has started, or
+    when the internals it reads moved (logged and counted: see `SEAM_ERRORS`)."""
+    consumer = _aiokafka_consumer(app, "kafka_connected")
+    if consumer is None:
         return None
     try:
         return any(conn.connected() for conn in list(consumer._client._conns.values()))
@@ -414,12 +422,8 @@ async def group_lag(app: faust.App, topic: str) -> dict[int, int] | None:
     """Records of `topic` not yet committed by the group, for every partition (not only
     this worker's: a joining worker's lag would vanish). None while it cannot be read
     (before the consumer starts, a coordinator that does not answer within 2 s)."""
-    try:
-        consumer = app.consumer._thread._ensure_consumer()  # type: ignore[attr-defined]
-    except ConsumerNotStarted:
-        return None
-    except Exception as exc:  # noqa: BLE001 - fail loudly, never take the worker down
-        _seam_failed("lag", exc)
+    consumer = _aiokafka_consumer(app, "lag")
+    if consumer is None:
         return None
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
