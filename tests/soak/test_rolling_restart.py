@@ -3,9 +3,10 @@
 ROLLING_SESSIONS sessions (1,000 in `make test`, 100,000 in `make soak`) hold a valid
 state: up to PREFILL_ABOVE they are validated once each by the group of three workers;
 beyond, their states are written to the table's changelog before the workers start, in
-the worker's own format (on tansu the workers' one-record changelog batches validate
-only ~100 sessions a second once the log is large, which is the broker, not what is
-tested here). Each worker is then stopped (SIGTERM) and replaced in turn, the next one
+the worker's own format and in batches (`Harness.write_states`; on tansu the workers'
+one-record changelog batches validate only ~100 sessions a second once the log is large,
+and a log of 100,000 one-record batches saturates the broker: that is the broker, not
+what is tested here). Each worker is then stopped (SIGTERM) and replaced in turn, the next one
 only once the group has settled, while messages of those sessions keep flowing. Then
 every session sends one more message. The Authorization API must see no call beyond the
 validations: each session's state moved with its partition.
