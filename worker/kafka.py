@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-@functools.lru_cache(maxsize=2**16)
 async def start(client: Any) -> None:
     """Start an aiokafka client; stopped again if it cannot start (no "Unclosed" warning)."""
     try:
@@ -34,6 +33,7 @@ async def start(client: Any) -> None:
         raise
 
 
+@functools.lru_cache(maxsize=2**16)
 def partition_for(key: bytes, count: int) -> int:
     """Kafka's default partitioner (murmur2), remembered: sessions send many records."""
     return int(murmur2(key) & 0x7FFFFFFF) % count
