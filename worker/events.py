@@ -39,12 +39,12 @@ AuditKind = Literal["validation", "blocked", "session_ended", "would_block"]
 
 _REQUIRED = ("id", "organization", "bot", "sessionId")
 MAX_ECHO_BYTES = 256 * 1024
+"""Inbound values larger than this are not copied into blocked records."""
 MAX_ID_CHARS = 1024
 """An event's id, organization, bot and sessionId: longer ones are invalid (they are
 copied into every output record, its key and the metrics' labels)."""
 MAX_CACHED_BYTES = 4096
 """Values longer than this are not kept in the decoding caches (bounded by bytes too)."""
-"""Inbound values larger than this are not copied into blocked records."""
 
 
 @dataclass(slots=True)  # not frozen: made for every message, and a frozen __init__ costs 4x
