@@ -255,7 +255,9 @@ def is_fresh(state: SessionState | None, fingerprint: str, interval_s: float, no
 def verdict(result: Validation, failure_mode: str, *, first: bool) -> Decision:
     """The decision a validation gives: to the message that caused it (`first`) or a waiter."""
     if result.outcome == "allowed":
-        return Decision(True, "validated" if first else "cached", "", result.at_ms, result.identity)
+        if not first:  # a waiter: the Decision every cached message of the session shares
+            return _cached(result.at_ms, result.identity)
+        return Decision(True, "validated", "", result.at_ms, result.identity)
     if result.outcome == "unavailable":
         if failure_mode == "open":
             return Decision(True, "fail_open", result.detail, result.at_ms)
