@@ -17,7 +17,7 @@ install: $(BIN)/.installed
 run: install
 	$(BIN)/secure-session dev
 
-## make unit: the unit tests alone (no broker, about 2 minutes)
+## make unit: the unit tests alone (no broker, about 30 seconds)
 unit: install
 	$(BIN)/python -m pytest tests/unit
 
