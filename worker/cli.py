@@ -12,7 +12,7 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any, BinaryIO, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeVar
 
 import click
 
@@ -20,6 +20,9 @@ from worker.errors import ConfigError, SecureSessionError
 from worker.settings import Settings
 from worker.text import printable
 from worker.vault import Vault
+
+if TYPE_CHECKING:
+    from worker.config import ConfigFile
 
 T = TypeVar("T")
 
@@ -62,6 +65,18 @@ def _settings() -> Settings:
         _fail(f"bad setting {exc}")
 
 
+def _config_file(settings: Settings) -> ConfigFile | None:
+    """SECURE_SESSION_CONFIG's file, loaded (None when unset); refused naming the problem."""
+    from worker.config import load_file
+
+    if settings.config_file is None:
+        return None
+    try:
+        return load_file(settings.config_file)
+    except ConfigError as exc:
+        _fail(f"configuration refused: {exc}")
+
+
 @click.group()
 @click.version_option(package_name="secure-session")
 def main() -> None:
@@ -75,17 +90,12 @@ def worker() -> None:
     from worker import logs
     from worker.app import create_app
     from worker.audit import signing_key
-    from worker.config import Registry, load_file
+    from worker.config import Registry
     from worker.kafka import ensure_topics
     from worker.validators.jwt import key_checker
 
     settings = _settings()
-    config = None
-    if settings.config_file is not None:
-        try:
-            config = load_file(settings.config_file)
-        except ConfigError as exc:
-            _fail(f"configuration refused: {exc}")
+    config = _config_file(settings)
     try:
         registry = Registry.from_file(config, key_checker(vault_of(settings)))
     except ConfigError as exc:
@@ -244,20 +254,13 @@ def config_show(as_json: bool) -> None:
     the bots and connectors of SECURE_SESSION_CONFIG (topic records are read by the worker)."""
     import orjson
 
-    from worker.config import load_file
-
     settings = _settings()
     rows = []
     for name, value, source in settings.origins:
         secret = any(s in name for s in SECRET_SETTING) and not name.endswith("_FILE")
         shown = "****" if secret and value else value
         rows.append({"name": name, "value": shown, "from": source})
-    loaded = None
-    if settings.config_file is not None:
-        try:
-            loaded = load_file(settings.config_file)
-        except ConfigError as exc:
-            _fail(f"configuration refused: {exc}")
+    loaded = _config_file(settings)
     bots = (
         [f"{b.key} ({b.type if b.secure else 'not secure'})" for b in loaded.bots] if loaded else []
     )
