@@ -43,7 +43,10 @@ class BaasCall:
 
 
 def _fingerprint(alias: str, values: tuple[Any, ...]) -> str:
-    if sum(len(v) if isinstance(v, str) else 64 for v in values) > MAX_CACHED_BYTES:
+    size = 0
+    for v in values:  # a loop, not sum() over a generator: this runs for every message
+        size += len(v) if isinstance(v, str) else 64
+    if size > MAX_CACHED_BYTES:
         return fingerprint([alias, values])  # the cache is bounded by bytes too
     try:
         return _fingerprint_hashable(alias, values)
@@ -78,7 +81,8 @@ class BaasValidator:
     @staticmethod
     def prepare(_bot: Bot, connector: Connector, event: Inbound) -> BaasCall:
         """Read the mapped values from the event's context (no I/O, no secrets)."""
-        values = tuple(m.input_path.get(event.context) for m in connector.mappings)
+        context = event.context
+        values = tuple([m.input_path.get(context) for m in connector.mappings])
         return BaasCall(connector, values, _fingerprint(connector.alias, values))
 
     def build_request(self, call: BaasCall, auth: dict[str, str]) -> httpx.Request:
