@@ -170,3 +170,21 @@ def test_the_kafka_client_id_is_a_setting_and_the_start_line_says_it() -> None:
     line = summary(settings, None)
     assert line.startswith("Kafka k:9092 (PLAINTEXT), group secure-session, client id acme-gate;")
     assert "store memory" in line and "in=bot.messages.inbound" in line
+
+
+def test_faust_checks_table_offsets_against_the_changelog_only_for_rocksdb() -> None:
+    """The memory store has no local files for Faust's recovery consistency check to guard,
+    and on tansu the check stopped workers (tests/integration/test_restart_and_config.py)."""
+    import faust
+
+    for store, checked in (("memory", False), ("rocksdb", True)):
+        conf = faust_settings(Settings.from_env({"SECURE_SESSION_STORE": store}), 8)
+        assert conf["recovery_consistency_check"] is checked
+        app = faust.App("test-consistency", **{**conf, "store": "memory://"})
+        assert app.conf.recovery_consistency_check is checked
+    import inspect
+
+    import faust.tables.recovery
+
+    # and its recovery still reads it (an upgrade that drops it fails here, by name)
+    assert "conf.recovery_consistency_check" in inspect.getsource(faust.tables.recovery)
