@@ -175,16 +175,15 @@ def test_the_kafka_client_id_is_a_setting_and_the_start_line_says_it() -> None:
 def test_faust_checks_table_offsets_against_the_changelog_only_for_rocksdb() -> None:
     """The memory store has no local files for Faust's recovery consistency check to guard,
     and on tansu the check stopped workers (tests/integration/test_restart_and_config.py)."""
+    import inspect
+
     import faust
+    import faust.tables.recovery
 
     for store, checked in (("memory", False), ("rocksdb", True)):
         conf = faust_settings(Settings.from_env({"SECURE_SESSION_STORE": store}), 8)
         assert conf["recovery_consistency_check"] is checked
         app = faust.App("test-consistency", **{**conf, "store": "memory://"})
         assert app.conf.recovery_consistency_check is checked
-    import inspect
-
-    import faust.tables.recovery
-
     # and its recovery still reads it (an upgrade that drops it fails here, by name)
     assert "conf.recovery_consistency_check" in inspect.getsource(faust.tables.recovery)
