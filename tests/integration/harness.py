@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -79,6 +79,7 @@ class Harness:
         (self.secrets / "acme").mkdir(parents=True)
         (self.secrets / "acme" / "api-key").write_text(API_KEY + "\n")
         self.logs: list[Path] = []
+        self.workers_by_start: list[subprocess.Popen[bytes]] = []  # beside `logs`
         self._validators = {"blocked": _schema("blocked-record"), "audit": _schema("audit-event")}
 
     # ------------------------------------------------------------------ plumbing
@@ -119,14 +120,13 @@ class Harness:
         con: dict[str, Any],
         sessions: int,
         bot: str = "secure",
-        batched: bool = True,
         flush_every: int = 2000,
     ) -> None:
         """A valid state for sessions s0 .. s<sessions - 1> (tokens tok-<n>) of `bot`, in
         their partitions of the table's changelog, in the worker's format, before any
-        worker starts; `batched`: in batches, as a busy worker writes them (on tansu a
-        partition's end offset is then its last batch's base offset + 1, short of its
-        last records), else one record per batch; flushed every `flush_every` records."""
+        worker starts, in batches as a busy worker writes them (on tansu a partition's end
+        offset is then its last batch's base offset + 1, short of its last records);
+        flushed every `flush_every` records."""
         from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
         from worker.config import parse_connector
@@ -147,8 +147,7 @@ class Harness:
             await admin.close()
         connector_ = parse_connector(con, "write_states")
         configure_fingerprints(self.env()["SECURE_SESSION_FINGERPRINT_KEY"].encode())
-        options: dict[str, Any] = {"linger_ms": 5} if batched else {"max_batch_size": 16}
-        producer = AIOKafkaProducer(bootstrap_servers=self.broker.bootstrap, **options)
+        producer = AIOKafkaProducer(bootstrap_servers=self.broker.bootstrap, linger_ms=5)
         await producer.start()
         try:
             now_ms = int(time.time() * 1000)
@@ -301,6 +300,7 @@ class Harness:
                 stderr=subprocess.STDOUT,
             )
         self.workers.append(proc)
+        self.workers_by_start.append(proc)
         if not wait:
             return proc
         deadline = time.monotonic() + timeout
@@ -313,6 +313,21 @@ class Harness:
                 return proc
             time.sleep(0.1)
         raise AssertionError(f"worker not ready in {timeout} s:\n{log.read_text()[-3000:]}")
+
+    def wait_logged(
+        self, text: bytes, workers: Iterable[int], times: int = 1, timeout: float = 90
+    ) -> None:
+        """Until each of these workers (by start order) has logged `text` `times` times;
+        fails at once, with its log, if one exits."""
+        deadline = time.monotonic() + timeout
+        for n in workers:
+            while self.logs[n].read_bytes().count(text) < times:
+                if self.workers_by_start[n].poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"worker {n} did not log {text!r} {times}x in {timeout} s:\n"
+                        + self.logs[n].read_text()[-3000:]
+                    )
+                time.sleep(0.2)
 
     def stop_worker(self, proc: subprocess.Popen[bytes]) -> None:
         stop_process(proc)

@@ -34,7 +34,7 @@ def test_revocations_reach_every_worker_of_the_group(broker: Broker, tmp_path: P
         config = h.write_config([bot("secure", interval=3600)], [con])
         for _ in range(3):
             h.start_worker(config)
-        wait_for_log(h, b"Worker ready", range(3))
+        h.wait_logged(b"Worker ready", range(3))
 
         def round_(n: int) -> list[str]:
             h.send(*[event(s, f"m{n}", f"tok-{s}") for s in sessions])
@@ -83,12 +83,3 @@ def test_refresh_ahead_keeps_an_active_session_from_waiting(harness: Harness) ->
     assert 4 <= calls <= 1 + 10 / 2 + 1, calls  # the first, then one per 2 s at most
     validations = [a for a in h.audits(s) if a["kind"] == "validation"]
     assert len(validations) == calls
-
-
-def wait_for_log(h: Harness, text: bytes, workers: range, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(text in h.logs[n].read_bytes() for n in workers):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"workers {list(workers)} did not log {text!r} in {timeout} s")

@@ -353,14 +353,14 @@ def test_a_changelog_written_in_batches_survives_a_rebalance(harness: Harness) -
     sessions = 400
     h.run(h.write_states(con, sessions, flush_every=40))  # batches of ~10 a partition
     first = h.start_worker(config)
-    wait_for_ready(h, 0, times=1)
+    h.wait_logged(b"Worker ready", [0])
     h.start_worker(config)  # the first one now keeps standbys of the second's partitions
-    wait_for_ready(h, 1, times=1)
-    wait_for_ready(h, 0, times=2)
+    h.wait_logged(b"Worker ready", [1])
+    h.wait_logged(b"Worker ready", [0], times=2)
     time.sleep(2)  # the standbys read their changelog partitions to the end
     h.start_worker(config)  # the next rebalance
-    wait_for_ready(h, 2, times=1)
-    wait_for_ready(h, 0, times=3)
+    h.wait_logged(b"Worker ready", [2])
+    h.wait_logged(b"Worker ready", [0], times=3)
     time.sleep(2)
     for n, worker in enumerate(h.workers):
         assert worker.poll() is None, h.logs[n].read_text()[-3000:]
@@ -372,11 +372,3 @@ def test_a_changelog_written_in_batches_survives_a_rebalance(harness: Harness) -
     )
     assert {o.header_reason for o in allowed} == {"cached"}
     assert sum(h.api.calls.values()) == 0
-
-
-def wait_for_ready(h: Harness, n: int, times: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while h.logs[n].read_bytes().count(b"Worker ready") < times:
-        if time.monotonic() > deadline or h.workers[n].poll() is not None:
-            raise AssertionError(h.logs[n].read_text()[-3000:])
-        time.sleep(0.2)

@@ -35,7 +35,6 @@ pytestmark = pytest.mark.integration
 
 SESSIONS = int(os.environ.get("ROLLING_SESSIONS", 1_000))
 PREFILL_ABOVE = 20_000
-PARTITIONS = 4  # the harness's SECURE_SESSION_PARTITIONS
 
 
 @pytest.mark.timeout(600 + SESSIONS // 40)
@@ -52,7 +51,7 @@ def test_a_rolling_restart_revalidates_no_session(broker: Broker, tmp_path: Path
             h.run(h.write_states(con, SESSIONS), timeout=600)
         for _ in range(3):
             h.start_worker(config)
-        wait_ready(h, list(range(3)))
+        h.wait_logged(b"Worker ready", range(3))
         validated = 0
         if SESSIONS <= PREFILL_ABOVE:
             h.run(send(h, [(s, "m0") for s in range(SESSIONS)]), timeout=120)
@@ -71,7 +70,7 @@ def test_a_rolling_restart_revalidates_no_session(broker: Broker, tmp_path: Path
             old.wait(30)
             h.workers.remove(old)
             h.start_worker(config)
-            wait_ready(h, [len(h.logs) - 1])
+            h.wait_logged(b"Worker ready", [len(h.logs) - 1])
             restart_s.append(time.monotonic() - t0)
             time.sleep(2)  # the group settles before the next worker goes
         stop.set()
@@ -104,16 +103,6 @@ def test_a_rolling_restart_revalidates_no_session(broker: Broker, tmp_path: Path
     assert revalidated == 0
     assert not blocked and not not_cached
     h.assert_clean()
-
-
-def wait_ready(h: Harness, logs: list[int], timeout: float = 90) -> None:
-    """Until each of these workers has logged Faust's "Worker ready" (recovery done)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if all(b"Worker ready" in h.logs[n].read_bytes() for n in logs):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"workers {logs} not ready in {timeout} s")
 
 
 def wait_allowed(h: Harness, count: int, timeout: float) -> int:
