@@ -6,11 +6,12 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import faust
-from faust.types import TP, Message
+from aiokafka.structs import ConsumerRecord
+from faust.types import TP
 
 from worker import faust_tuning, store
 from worker.audit import Sealer, signing_key
@@ -232,18 +233,17 @@ def create_app(
         # messages; slow-API bench: 7.6 s of collection -> 2.7 s)
         gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
-    async def decide(message: Message) -> None:
+    async def decide(tp: TP, record: ConsumerRecord[bytes, bytes]) -> None:
         if not config_ready.is_set():
             await config_ready.wait()
-        await pipeline.submit(message.key, message.value, message.tp, ack(message), message)
+        offset = record.offset
+        await pipeline.submit(record.key, record.value, tp, lambda: ack_inbound(tp, offset), record)
         # back-pressure between records, never inside a decision (see worker/pipeline.py)
         if outbox.full:
             await outbox.room()
 
-    def ack(message: Message) -> Callable[[], bool]:
-        # the consumer's ack itself: Message.ack only counts references, which the fast
-        # path never takes (bench: the ack chain was 9% of the cached path)
-        return lambda: app.consumer.ack(message)
+    def ack_inbound(tp: TP, offset: int) -> None:
+        app.consumer.ack_inbound(tp, offset)  # type: ignore[attr-defined]
 
     def settle(partitions: set[TP] | None, why: str) -> Any:
         return pipeline.settle(partitions, settings.settle_grace_s, why)

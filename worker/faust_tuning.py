@@ -10,9 +10,10 @@ extension point (the transport's `Consumer` and `Producer` classes, the consumer
 2. The inbound topic's hot path. Faust hands each message to its streams through a
    lock, a decode into an Event, a channel queue, and two tasks raced per message
    (`wait_first`): ~150 µs a message, ten times the worker's own work (DESIGN.md). Here
-   the consumer's drain loop hands inbound messages straight to the worker's handler; the
-   worker's pipeline acks them in order (`Consumer.ack`) and settles them before a revoke
-   and at stop. Messages of an old consumer generation, or fetched while flow is
+   the consumer's drain loop reads each fetched batch itself and hands inbound records,
+   as aiokafka gives them, straight to the worker's handler; the worker's pipeline acks
+   them in order (`ack_inbound`: the last offset, no lock) and settles them before a
+   revoke and at stop. Messages of an old consumer generation, or fetched while flow is
    suspended for a rebalance, are neither handled nor acked: Faust seeks back to the
    committed offset after the rebalance and they come again. The offset committed for the
    inbound topic is computed here (`_new_offset`), not by Faust's gap-filling rule.
@@ -54,12 +55,13 @@ from typing import Any, cast
 import aiokafka
 import aiokafka.errors
 import faust
+from aiokafka.structs import ConsumerRecord
 from faust.events import Event
 from faust.exceptions import ConsumerNotStarted
 from faust.streams import _current_event
 from faust.transport.drivers import aiokafka as driver
 from faust.transport.producer import ProducerBuffer
-from faust.types import TP, Message
+from faust.types import TP
 from mode.utils.futures import maybe_async
 
 RELIED_ON: dict[str, str] = {
@@ -70,6 +72,7 @@ RELIED_ON: dict[str, str] = {
     "faust.transport.consumer:Consumer.on_partitions_revoked": "d04b7ae72c6fc206",
     "faust.transport.consumer:Consumer.wait_empty": "e4662fe24f094819",
     "faust.transport.consumer:Consumer.getmany": "4b168d84882a70d6",
+    "faust.transport.consumer:Consumer._wait_next_records": "6218e1969a636b3f",
     "faust.transport.consumer:Consumer.ack": "5fcf41cf45153475",
     "faust.transport.consumer:Consumer._new_offset": "1d2c7ea89a7ad4f1",
     "faust.transport.consumer:Consumer.commit": "a354437baaa08bf8",
@@ -106,6 +109,10 @@ PRIVATE_NAMES = (
     "consumer._stopped",
     "consumer._thread",
     "consumer._drain_messages",
+    "consumer._wait_next_records",
+    "consumer._to_message",
+    "consumer._committed_offset",
+    "consumer._buffered_partitions",
     "consumer._new_consumer_thread",
     "thread._thread_started",
     "thread._serve",
@@ -120,7 +127,7 @@ PRIVATE_NAMES = (
 (`AIOKafkaConsumer._fetch_max_wait_ms`, `_client._conns`) and faust.streams._current_event
 are checked there too."""
 
-Handler = Callable[[Message], Awaitable[None]]
+Handler = Callable[[TP, ConsumerRecord[bytes, bytes]], Awaitable[None]]
 Settle = Callable[[set[TP] | None, str], Awaitable[Any]]
 log = logging.getLogger(__name__)
 
@@ -226,18 +233,37 @@ class _Consumer(driver.Consumer):
             await path.settle(None, "stopping" if self.app.should_stop else "rebalance")
         await super().wait_empty()
 
+    def ack_inbound(self, tp: TP, offset: int) -> None:
+        """The fast path's ack (Faust's `ack` takes a lock and a Message, and keeps every
+        offset): the pipeline acks a partition's records in hand-over order, so the last
+        acked offset is all `_new_offset` needs."""
+        committed = self._committed_offset[tp]
+        if committed is None or offset >= committed:
+            acked = self._acked[tp]  # listed there, a partition is looked at by the commit
+            if acked:
+                acked[-1] = offset
+            else:
+                acked.append(offset)
+            self._n_acked += 1
+
     async def _drain_messages(self, fetcher: Any) -> None:
-        """Faust's drain loop (faust/transport/consumer.py), with the inbound fast path."""
+        """Faust's drain loop (faust/transport/consumer.py), with the inbound fast path.
+
+        Fetched batches are read as Faust's `getmany` reads them (it waits while flow is
+        suspended, skips partitions not active, seeks back when flow stopped during the
+        fetch), but per partition, not per record: the inbound topic's records go to the
+        handler as aiokafka gives them, without a Faust Message each, a highwater read
+        each, or the scheduler's round-robin; a batch ends where the flow stops or the
+        generation changes. Other topics' records (changelogs) go to Faust as before."""
         app = self.app
         fast_topic, handle = self._fast_path.topic, self._fast_path.handle
         if handle is None:  # nothing routed: Faust's own loop
             return await super()._drain_messages(fetcher)
         callback = self.callback
-        getmany = self.getmany
+        to_message = self._to_message
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
-        get_read_offset = self._read_offset.__getitem__
-        set_read_offset = self._read_offset.__setitem__
+        read_offsets = self._read_offset
         commit_every = self._commit_every
         acks_enabled_for = app.topics.acks_enabled_for
         flow_active = app.flow_control.is_active
@@ -246,41 +272,59 @@ class _Consumer(driver.Consumer):
         since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
-                ait = getmany(timeout=1.0)
                 await asyncio.sleep(0)
-                if self.should_stop:
+                records, active = await self._wait_next_records(1.0)
+                # no await from the fetch to here: the batch belongs to this generation
+                generation = app.consumer_generation_id
+                if records is None or self.should_stop:
+                    continue
+                if not self.flow_active:  # as Faust's getmany: suspended during the fetch
+                    try:
+                        await self.perform_seek()
+                    except Exception as exc:  # noqa: BLE001 - as Faust's
+                        log.warning("exception performing seek when flow not active %r", exc)
                     continue
                 now = time.monotonic()
-                async for tp, message in ait:
-                    since_yield += 1
-                    if since_yield > 100:
-                        await asyncio.sleep(0)
-                        since_yield = 0
-                    offset = message.offset
-                    r_offset = get_read_offset(tp)
-                    if r_offset is not None and offset < r_offset:
-                        continue  # already read
-                    if commit_every is not None and self._n_acked >= commit_every:
-                        self._n_acked = 0
-                        await self.commit()
-                    if message.topic == fast_topic:
-                        if not flow_active() or message.generation_id != app.consumer_generation_id:
-                            continue  # re-read after the rebalance's seek
-                        # read once handed over, not after: a rebalance during the hand-over
-                        # seeks back, and writing the offset after it would skip the records
-                        # between the committed offset and this one (issue 16: lost records)
-                        set_read_offset(tp, offset)
-                        inbound_time[tp] = now
-                        await handle(message)
+                for tp, batch in records.items():
+                    if not (active is None or tp in active or tp in self._buffered_partitions):
                         continue
-                    gap = offset - (r_offset or 0)  # Faust's gaps: only for its own topics
-                    if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                        await self._add_gap(tp, r_offset + 1, offset)
-                    if flow_active():
-                        await callback(message)
+                    app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                    fast = tp.topic == fast_topic
+                    for record in batch:
+                        if not flow_active() or app.consumer_generation_id != generation:
+                            break  # re-read after the rebalance's seek
+                        since_yield += 1
+                        if since_yield > 100:
+                            await asyncio.sleep(0)
+                            since_yield = 0
+                        offset = record.offset
+                        r_offset = read_offsets.get(tp)
+                        if r_offset is not None and offset < r_offset:
+                            continue  # already read
+                        if commit_every is not None and self._n_acked >= commit_every:
+                            self._n_acked = 0
+                            await self.commit()
+                        if fast:
+                            # read once handed over, not after: a rebalance during the
+                            # hand-over seeks back, and writing the offset after it would
+                            # skip the records between the committed offset and this one
+                            # (issue 16: lost records)
+                            read_offsets[tp] = offset
+                            inbound_time[tp] = now
+                            await handle(tp, record)
+                            continue
+                        gap = offset - (r_offset or 0)  # Faust's gaps: only for its topics
+                        if gap > 1 and r_offset and acks_enabled_for(tp.topic):
+                            await self._add_gap(tp, r_offset + 1, offset)
+                        message = to_message(tp, record)
+                        if flow_active():
+                            await callback(message)
+                        else:
+                            await self.wait_first(callback(message), self.suspend_flow.wait())
+                        read_offsets[tp] = offset
                     else:
-                        await self.wait_first(callback(message), self.suspend_flow.wait())
-                    set_read_offset(tp, offset)
+                        continue
+                    break  # the flow stopped or the generation changed: the batch ends
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
                 return
@@ -441,8 +485,12 @@ async def group_lag(app: faust.App, topic: str) -> dict[int, int] | None:
     return {tp.partition: max(0, ends[tp] - (committed[tp] or 0)) for tp in tps}
 
 
-def run_as_current(app: faust.App, message: Message, fn: Callable[..., Any], *args: Any) -> Any:
-    """Run `fn(*args)` with an Event for `message` as Faust's current event."""
+def run_as_current(
+    app: faust.App, record: ConsumerRecord[bytes, bytes], fn: Callable[..., Any], *args: Any
+) -> Any:
+    """Run `fn(*args)` with an Event for the inbound `record` as Faust's current event."""
+    consumer: Any = app.consumer
+    message = consumer._to_message(TP(record.topic, record.partition), record)
     event = Event(app, message.key, message.value, message.headers, message)
     context = contextvars.copy_context()
     context.run(_current_event.set, weakref.ref(event))
