@@ -300,7 +300,16 @@ async def worker_rate(
     if os.environ.get("BENCH_PROFILE") and tag.startswith(os.environ.get("BENCH_PROFILE_TAG", "")):
         # py-spy raw stacks of the worker
         profiler = subprocess.Popen(
-            ["py-spy", "record", "--pid", str(worker.pid), "--format", "raw", "--rate", "200"]
+            [
+                str(Path(sys.executable).with_name("py-spy")),
+                "record",
+                "--pid",
+                str(worker.pid),
+                "--format",
+                "raw",
+                "--rate",
+                "200",
+            ]
             + ["-o", os.environ.pop("BENCH_PROFILE")],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
