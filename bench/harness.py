@@ -225,7 +225,7 @@ class Bench:
 
 async def exact_end_offsets(b: Bench, changelog: str) -> None:
     """A last batch of one record in every partition of a table's changelog: tansu's end
-    offsets are then exact (BROKER.md), as Faust's recovery needs them to be."""
+    offsets are then exact (docs/operations.md), as Faust's recovery needs them to be."""
     value = SessionState(int(time.time() * 1000), True, "sha256:0", "filler").encode()
     producer = AIOKafkaProducer(bootstrap_servers=b.bootstrap)
     await producer.start()

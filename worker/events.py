@@ -1,4 +1,4 @@
-"""Record shapes of CONTRACT.md: the inbound event in, allowed / blocked / audit out.
+"""Record shapes of docs/contract.md: the inbound event in, allowed / blocked / audit out.
 
 Parsing is strict and total: anything that is not a valid UTF-8 JSON event raises
 InvalidEvent with a detail that names the problem, never a crash.

@@ -9,7 +9,7 @@ extension point (the transport's `Consumer` and `Producer` classes, the consumer
    every message. It comes from the settings instead (Kafka's 500 ms by default).
 2. The inbound topic's hot path. Faust hands each message to its streams through a
    lock, a decode into an Event, a channel queue, and two tasks raced per message
-   (`wait_first`): ~150 µs a message, ten times the worker's own work (DESIGN.md). Here
+   (`wait_first`): ~150 µs a message, ten times the worker's own work. Here
    the consumer's drain loop reads each fetched batch itself and hands inbound records,
    as aiokafka gives them, straight to the worker's handler; the worker's pipeline acks
    them in order (`ack_inbound`: the last offset, no lock) and settles them before a

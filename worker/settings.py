@@ -17,7 +17,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Topics:
-    """Topic names (CONTRACT.md defaults)."""
+    """Topic names (the defaults of docs/contract.md)."""
 
     inbound: str = "bot.messages.inbound"
     allowed: str = "bot.messages.allowed"

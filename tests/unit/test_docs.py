@@ -29,3 +29,18 @@ def test_every_link_resolves_inside_the_repository(page: Path) -> None:
         assert path.is_relative_to(ROOT), f"{page.name}: {target} points outside the repository"
         assert path.exists(), f"{page.name}: {target} does not exist"
     assert "../shared" not in page.read_text() and "CONTRACT.md" not in page.read_text()
+
+
+OUTSIDE = ("../shared", "CONTRACT.md", "DESIGN.md", "BROKER.md", "STYLE.md")
+"""Notes the project was built from, which users never see: nothing may cite them."""
+
+
+def test_no_source_cites_notes_outside_the_repository() -> None:
+    sources = [
+        p
+        for folder in ("worker", "bench", "tests")
+        for p in sorted((ROOT / folder).rglob("*.py"))
+        if p != Path(__file__)
+    ]
+    cited = [(p.name, name) for p in sources for name in OUTSIDE if name in p.read_text()]
+    assert not cited, f"cite docs/ instead: {cited}"
