@@ -60,11 +60,8 @@ class Inbound:
     """The conversational context: where the bot's config reads credentials."""
     doc: dict[str, Any]
     """The whole event (a JWT bot's `TokenPath` starts here)."""
-
-    @property
-    def state_key(self) -> bytes:
-        """Session-state key: organization, bot and session together, never borrowed across."""
-        return f"{self.organization}/{self.bot}/{self.session_id}".encode()
+    state_key: bytes
+    """Session-state key: organization, bot and session together, never borrowed across."""
 
 
 def parse_inbound(value: bytes | None) -> Inbound:
@@ -100,7 +97,9 @@ def parse_inbound(value: bytes | None) -> Inbound:
     ts = doc.get("timestamp")
     if ts is not None and (not isinstance(ts, int) or isinstance(ts, bool)):
         raise InvalidEvent("field 'timestamp' must be an integer (epoch ms)")
-    return Inbound(doc["id"], doc["organization"], doc["bot"], doc["sessionId"], kind, context, doc)
+    org, bot, session = doc["organization"], doc["bot"], doc["sessionId"]
+    key = f"{org}/{bot}/{session}".encode()
+    return Inbound(doc["id"], org, bot, session, kind, context, doc, key)
 
 
 DEFAULT_FINGERPRINT_KEY = b"secure-session: no fingerprint key set (not secret)"
