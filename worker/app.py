@@ -6,7 +6,7 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import faust
@@ -41,8 +41,37 @@ LAG_EVERY_S = 5
 """How often the group's inbound lag is read (two requests to the broker)."""
 GROUP_WAIT_NOTICE_S = 5.0
 """A rebalance longer than this is explained in the log (every 15 s)."""
-GC_YOUNG_THRESHOLD = 10_000
-"""Allocations between the garbage collector's young passes (Python's default: 700)."""
+GC_EVERY_S = 1.0
+"""The garbage collector's pass runs at most this often (see `collect_garbage`)..."""
+GC_MAX_SHARE = 0.05
+"""...and takes at most this share of the time: after a pass of d seconds, the next one
+comes d / GC_MAX_SHARE later at the soonest."""
+
+
+async def collect_garbage(
+    every_s: float = GC_EVERY_S,
+    max_share: float = GC_MAX_SHARE,
+    *,
+    collect: Callable[[], Any] = gc.collect,
+    clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> None:
+    """Run the garbage collector on a clock, not every N allocations (until cancelled).
+
+    Reference counting frees a decided message at once; the collector only finds cycles.
+    Run by allocations, it walked the messages held for validations again and again
+    while they waited (docs/performance.md, the chatty run). Here one full pass a second,
+    at most 5% of the time, frees cycles within seconds. What exists when it starts
+    (Faust, the modules, the configuration) is frozen out of every pass."""
+    gc.freeze()
+    gc.disable()
+    try:
+        while True:
+            started = clock()
+            collect()
+            await sleep(max(every_s, (clock() - started) / max_share))
+    finally:
+        gc.enable()
 
 
 def faust_settings(settings: Settings, partitions: int) -> dict[str, Any]:
@@ -223,15 +252,9 @@ def create_app(
         await pipeline.metrics.watch_loop()
 
     @app.task  # type: ignore[untyped-decorator]
-    async def tune_garbage_collection() -> None:
+    async def garbage_collection() -> None:
         await config_ready.wait()
-        # Faust, the modules and the configuration leave the collector's full passes, which
-        # otherwise scan them all and pause every decision ~70 ms (docs/performance.md)
-        gc.freeze()
-        # a young pass every 10,000 allocations instead of 700: messages held for a slow API
-        # then rarely live long enough to start full passes (~230 ms each over 50,000 held
-        # messages; slow-API bench: 7.6 s of collection -> 2.7 s)
-        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+        await collect_garbage()
 
     async def decide(tp: TP, record: ConsumerRecord[bytes, bytes]) -> None:
         if not config_ready.is_set():

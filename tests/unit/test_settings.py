@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import ssl
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from worker.app import faust_settings
+from worker.app import collect_garbage, faust_settings
 from worker.errors import SettingsError
 from worker.kafka import client_options
 from worker.settings import Settings
@@ -187,3 +188,29 @@ def test_faust_checks_table_offsets_against_the_changelog_only_for_rocksdb() -> 
         assert app.conf.recovery_consistency_check is checked
     # and its recovery still reads it (an upgrade that drops it fails here, by name)
     assert "conf.recovery_consistency_check" in inspect.getsource(faust.tables.recovery)
+
+
+async def test_the_collector_runs_on_a_clock_and_takes_at_most_its_share() -> None:
+    """Automatic collection is off while it runs; a pass every second, and after a long
+    pass (200 ms) the next one comes 20 times its length later; on, again, when it ends."""
+    now = [0.0]
+    lengths = iter([0.01, 0.2, 0.01])
+    sleeps: list[float] = []
+
+    def collect() -> None:
+        assert not gc.isenabled()
+        now[0] += next(lengths)
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+        if len(sleeps) == 3:
+            raise asyncio.CancelledError
+
+    try:
+        with pytest.raises(asyncio.CancelledError):
+            await collect_garbage(collect=collect, clock=lambda: now[0], sleep=sleep)
+    finally:
+        gc.unfreeze()
+    assert sleeps == [1.0, pytest.approx(4.0), 1.0]
+    assert gc.isenabled()
