@@ -193,7 +193,7 @@ def create_app(
     )
     faust_tuning.before_flush(app, outbox.flush)
 
-    async def send(
+    def send(
         topic: str,
         key: bytes | None,
         value: bytes,
@@ -225,6 +225,8 @@ def create_app(
         table=sessions,
         reads=sessions.data,
         send=send,
+        # the consumer's own ack: Faust's takes a lock and a Message (worker/faust_tuning.py)
+        ack=lambda tp, offset: app.consumer.ack_inbound(tp, offset),  # type: ignore[attr-defined]
         topics=t,
         max_held=settings.max_held_messages,
         max_record_bytes=settings.kafka.max_record_bytes,
@@ -259,14 +261,10 @@ def create_app(
     async def decide(tp: TP, record: ConsumerRecord[bytes, bytes]) -> None:
         if not config_ready.is_set():
             await config_ready.wait()
-        offset = record.offset
-        await pipeline.submit(record.key, record.value, tp, lambda: ack_inbound(tp, offset), record)
+        await pipeline.submit(record.key, record.value, tp, record.offset, record)
         # back-pressure between records, never inside a decision (see worker/pipeline.py)
         if outbox.full:
             await outbox.room()
-
-    def ack_inbound(tp: TP, offset: int) -> None:
-        app.consumer.ack_inbound(tp, offset)  # type: ignore[attr-defined]
 
     def settle(partitions: set[TP] | None, why: str) -> Any:
         return pipeline.settle(partitions, settings.settle_grace_s, why)

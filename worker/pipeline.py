@@ -14,9 +14,10 @@ skips an undecided record (Faust's own commit is not gap-safe).
 When partitions are revoked (a rebalance) or the worker stops, `settle` gives the records
 of those partitions a grace period to be decided, then *abandons* the rest: their
 validations are cancelled, and they are never decided, sent or acked by this worker, so
-the next owner reads them again. Deciding a record never waits between its first output
-and its ack (the send only queues), so a record is either decided, sent and acked, or
-none of the three; the only await inside a decision is the validation call itself.
+the next owner reads them again. Deciding a record is synchronous code (the send only
+queues): nothing runs between its first output and its ack, so a record is either
+decided, sent and acked, or none of the three. The only awaits are the validation call
+itself, in its own task, and `submit`'s back-pressure, between records.
 
 A session's state is stored in the table partition of the inbound record whose
 validation wrote it (each record keeps its origin, the Kafka message, and writes run
@@ -32,7 +33,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import (
-    Awaitable,
     Callable,
     Container,
     Coroutine,
@@ -91,8 +91,11 @@ class Send(Protocol):
         value: bytes,
         headers: Sequence[tuple[str, bytes]] | None = None,
         since: float | None = None,
-    ) -> Awaitable[None]: ...
+    ) -> None: ...
 
+
+Ack = Callable[[Hashable, int], Any]
+"""Ack the record at an offset of a partition (called in offset order per partition)."""
 
 Forget = Callable[[bytes, int | None], None]
 """Delete a session's state, and write its tombstone to the given table partition."""
@@ -108,7 +111,7 @@ class RunAs(Protocol):
 class _Record:
     key: bytes | None
     value: bytes | None
-    ack: Callable[[], Any]
+    offset: int
     order: deque[_Record]
     received: float
     """When it came in (`time.monotonic()`)."""
@@ -143,6 +146,7 @@ class Pipeline:
         jwt: JwtValidator,
         table: MutableMapping[bytes, bytes],
         send: Send,
+        ack: Ack,
         topics: Topics,
         max_held: int,
         metrics: Metrics,
@@ -160,6 +164,7 @@ class Pipeline:
         self._reads = table if reads is None else reads
         """Where state is read: the table's store itself (Faust's table adds per-read hooks)."""
         self._send = send
+        self._ack = ack
         self._topics = topics
         self._max_held = max_held
         self._max_record_bytes = max_record_bytes
@@ -208,23 +213,24 @@ class Pipeline:
         key: bytes | None,
         value: bytes | None,
         partition: Hashable,
-        ack: Callable[[], Any],
+        offset: int,
         origin: Any = None,
     ) -> None:
-        """Take one inbound record; returns when the next may be taken (back-pressure)."""
+        """Take the inbound record at `offset` of `partition`; returns when the next may be
+        taken (back-pressure)."""
         order = self._order.get(partition)
         if order is None:
             order = self._order[partition] = deque()
-        record = _Record(key, value, ack, order, time.monotonic(), partition, origin=origin)
+        record = _Record(key, value, offset, order, time.monotonic(), partition, origin=origin)
         order.append(record)
         try:
             record.event = parse_inbound(value)
         except InvalidEvent as exc:
-            await self._block(record, None, "invalid_event", exc.detail, None)
+            self._block(record, None, "invalid_event", exc.detail, None)
             return
         lane = self._lanes.get(record.event.state_key)
         if lane is None:
-            await self._process(record, None)
+            self._process(record, None)
             return
         lane.append(record)
         self._held += 1
@@ -233,32 +239,32 @@ class Pipeline:
             log.warning("%d records wait for validations: pausing intake", self._held)
             await self._room.wait()
 
-    async def _process(self, record: _Record, waited_for: Validation | None) -> bool:
+    def _process(self, record: _Record, waited_for: Validation | None) -> bool:
         """Decide `record`, or start its validation (True); never raises."""
         if record.abandoned:
             return False
         try:
-            return await self._decide(record, waited_for)
+            return self._decide(record, waited_for)
         except Exception:  # noqa: BLE001 - one bad record must never stop the worker
             log.exception("internal error deciding a message", extra=_where(record))
             if not record.done:
-                await self._block(record, None, "authorization_unavailable", "internal error", None)
+                self._block(record, None, "authorization_unavailable", "internal error", None)
             return False
 
-    async def _decide(self, record: _Record, waited_for: Validation | None) -> bool:
+    def _decide(self, record: _Record, waited_for: Validation | None) -> bool:
         event = record.event
         assert event is not None
         bot = self._registry.bot(event.organization, event.bot)
         if bot is None:
             detail = f"no configuration for bot {event.organization}/{event.bot}"
-            await self._block(record, None, "unknown_bot", detail, None)
+            self._block(record, None, "unknown_bot", detail, None)
             return False
         if event.type == "session_end":
-            await self._end_session(record, bot)
+            self._end_session(record, bot)
             return False
         if not bot.secure:
             now_ms = self._now_ms()
-            await self._allow(record, Decision(True, "not_required", "", now_ms))
+            self._allow(record, Decision(True, "not_required", "", now_ms))
             return False
         check: Check
         remote: RemoteValidator | None = None
@@ -269,7 +275,7 @@ class Pipeline:
             connector = self._registry.connector(event.organization, bot.api_alias)
             if connector is None:
                 detail = f"connector {event.organization}/{bot.api_alias} not found"
-                await self._block(record, bot, "misconfigured", detail, None)
+                self._block(record, bot, "misconfigured", detail, None)
                 return False
             remote = self._remote[bot.type]
             check = remote.prepare(bot, connector, event)
@@ -288,7 +294,7 @@ class Pipeline:
             state, check.fingerprint, bot.interval_s, bot.failure_mode, self._now_ms(), waited_for
         )
         if isinstance(decision, Decision):
-            await self._apply(record, bot, decision, check.redact)
+            self._apply(record, bot, decision, check.redact)
             ahead = bot.refresh_ahead is not None and decision.reason == "cached"
             if ahead and remote is not None and state is not None:
                 self._refresh_ahead(record, bot, check, remote, state)
@@ -308,7 +314,7 @@ class Pipeline:
                     event.organization, event.bot, event.session_id, identity
                 )
 
-            await self._conclude(record, bot, check, *self._jwt.validate(check, revoked_for))
+            self._conclude(record, bot, check, *self._jwt.validate(check, revoked_for))
             return False
         self._lanes.setdefault(event.state_key, deque())
         self._calls[event.state_key] = (record, self._spawn(self._call(record, bot, check, remote)))
@@ -330,13 +336,13 @@ class Pipeline:
                 result, report = await remote.validate(check)
             except asyncio.CancelledError:
                 return  # abandoned (see `abandon`): the next owner validates it again
-            await self._conclude(record, bot, check, result, report)
+            self._conclude(record, bot, check, result, report)
         except Exception:  # noqa: BLE001 - the lane must be drained whatever happens
             log.exception("internal error validating a message", extra=_where(record))
             if not record.done:
-                await self._block(record, bot, "authorization_unavailable", "internal error", None)
+                self._block(record, bot, "authorization_unavailable", "internal error", None)
         finally:
-            await self._drain(record.event.state_key, result)
+            self._drain(record.event.state_key, result)
 
     def _refresh_ahead(
         self, record: _Record, bot: Bot, check: Check, remote: RemoteValidator, state: SessionState
@@ -369,7 +375,7 @@ class Pipeline:
                 result, report = await remote.validate(check)
             except asyncio.CancelledError:
                 return  # abandoned: the partition moved, or the worker stops
-            await self._record_validation(record, bot, result, report)
+            self._record_validation(record, bot, result, report)
             self.metrics.refreshed(bot.organization, bot.name, result.outcome)
             if state_after(result) is None:
                 if len(self._refresh_failed) >= MAX_REFRESH_FAILURES:
@@ -382,16 +388,16 @@ class Pipeline:
             result = None
         finally:
             del self._refreshes[key]
-            await self._drain(key, result)
+            self._drain(key, result)
 
-    async def _conclude(
+    def _conclude(
         self, record: _Record, bot: Bot, check: Check, result: Validation, report: Report
     ) -> None:
         """Record a validation, and decide its message by it."""
-        decision = await self._record_validation(record, bot, result, report)
-        await self._apply(record, bot, decision, check.redact)
+        decision = self._record_validation(record, bot, result, report)
+        self._apply(record, bot, decision, check.redact)
 
-    async def _record_validation(
+    def _record_validation(
         self, record: _Record, bot: Bot, result: Validation, report: Report
     ) -> Decision:
         """A validation's state, metrics and audit event; returns the decision it gives."""
@@ -429,7 +435,7 @@ class Pipeline:
             self._run_as(record.origin, self._table.__setitem__, key, raw)
             self._written = (raw, new_state)  # the lane's waiters read it without decoding
         decision = verdict(result, bot.failure_mode, first=True)
-        await self._audit(
+        self._audit(
             record,
             bot,
             "validation",
@@ -441,7 +447,7 @@ class Pipeline:
         )
         return decision
 
-    async def _drain(self, key: bytes, result: Validation | None) -> None:
+    def _drain(self, key: bytes, result: Validation | None) -> None:
         self._calls.pop(key, None)
         lane = self._lanes.get(key)
         if lane is None:
@@ -454,11 +460,11 @@ class Pipeline:
             assert record.event is not None
             if record.event.type == "session_end":
                 result = None  # later records start a new session
-            if await self._process(record, result):
+            if self._process(record, result):
                 return  # its validation owns the lane now
         del self._lanes[key]
 
-    async def _end_session(self, record: _Record, bot: Bot) -> None:
+    def _end_session(self, record: _Record, bot: Bot) -> None:
         event = record.event
         assert event is not None
         state = self._state(event.state_key)
@@ -471,11 +477,11 @@ class Pipeline:
             refresh[1].cancel()  # it would write the ended session's state back
         self.metrics.decided("session_ended", event.organization, event.bot)
         # the chain's last event; the state (and the chain with it) is forgotten
-        await self._audit(record, bot, "session_ended", state=state, store=False)
+        self._audit(record, bot, "session_ended", state=state, store=False)
         self._forget(event.state_key, partition)
         self._done(record)
 
-    async def _apply(
+    def _apply(
         self,
         record: _Record,
         bot: Bot,
@@ -483,27 +489,25 @@ class Pipeline:
         redact: Callable[[dict[str, Any]], None],
     ) -> None:
         if decision.allowed:
-            await self._allow(record, decision)
+            self._allow(record, decision)
         else:
-            await self._block(record, bot, decision.reason, decision.detail, redact)
+            self._block(record, bot, decision.reason, decision.detail, redact)
 
-    async def _allow(self, record: _Record, decision: Decision) -> None:
+    def _allow(self, record: _Record, decision: Decision) -> None:
         assert record.value is not None
         if len(record.value) > self._max_record_bytes:
             # the record plus its headers would not fit the producer's request: never crash
             detail = f"{len(record.value)} bytes: too large to forward with decision headers"
-            await self._block(record, None, "invalid_event", detail, None)
+            self._block(record, None, "invalid_event", detail, None)
             return
         event = record.event
         assert event is not None  # allowed: a configured bot's event
         self.metrics.decided(decision.reason, event.organization, event.bot)
         headers = allowed_headers(decision.reason, decision.validated_at_ms, decision.identity)
-        await self._send(
-            self._topics.allowed, _out_key(record), record.value, headers, record.received
-        )
+        self._send(self._topics.allowed, _out_key(record), record.value, headers, record.received)
         self._done(record)
 
-    async def _block(
+    def _block(
         self,
         record: _Record,
         bot: Bot | None,
@@ -512,7 +516,7 @@ class Pipeline:
         redact: Callable[[dict[str, Any]], None] | None,
     ) -> None:
         if bot is not None and bot.enforcement == "monitor" and record.value is not None:
-            await self._would_block(record, bot, reason)
+            self._would_block(record, bot, reason)
             return
         # labelled by configured bots only: an event's bot name is the sender's to choose
         if bot is not None:
@@ -532,28 +536,28 @@ class Pipeline:
             # event is not echoed, and the detail is cut (both marked)
             cut = {"truncated": True, "bytes": len(record.value or b"")}
             value = blocked_record(who, reason, detail[:1024], error_message, cut, now_ms)
-        await self._send(self._topics.blocked, key, value, since=record.received)
-        await self._audit(record, bot, "blocked", "blocked", reason)
+        self._send(self._topics.blocked, key, value, since=record.received)
+        self._audit(record, bot, "blocked", "blocked", reason)
         self._done(record)
 
-    async def _would_block(self, record: _Record, bot: Bot, reason: Reason) -> None:
+    def _would_block(self, record: _Record, bot: Bot, reason: Reason) -> None:
         """Monitor mode: allowed byte for byte, marked with what enforcement would do."""
         assert record.value is not None
         if len(record.value) > self._max_record_bytes:
             # too large to forward with headers: blocked, as in enforce mode
             detail = f"{len(record.value)} bytes: too large to forward with decision headers"
-            await self._block(record, None, "invalid_event", detail, None)
+            self._block(record, None, "invalid_event", detail, None)
             return
         self.metrics.decided("monitor", bot.organization, bot.name)
         self.metrics.would_block(bot.organization, bot.name, reason)
         now_ms = self._now_ms()
         key = _out_key(record)
         headers = would_block_headers(now_ms, None, reason)
-        await self._send(self._topics.allowed, key, record.value, headers, record.received)
-        await self._audit(record, bot, "would_block", "allowed", reason)
+        self._send(self._topics.allowed, key, record.value, headers, record.received)
+        self._audit(record, bot, "would_block", "allowed", reason)
         self._done(record)
 
-    async def _audit(
+    def _audit(
         self,
         record: _Record,
         bot: Bot | None,
@@ -575,10 +579,10 @@ class Pipeline:
         key = _audit_key(record)
         sealer = self._sealer
         if sealer is None:
-            await self._send(self._topics.audit, key, orjson.dumps(doc))
+            self._send(self._topics.audit, key, orjson.dumps(doc))
             return
         if bot is None or event is None:  # no session state to carry a chain: its own
-            await self._send(self._topics.audit, key, sealer.seal(doc, START)[0])
+            self._send(self._topics.audit, key, sealer.seal(doc, START)[0])
             return
         if isinstance(state, _Read):
             state = self._state(event.state_key)
@@ -603,7 +607,7 @@ class Pipeline:
             raw = state.encode()
             self._run_as(origin, self._table.__setitem__, event.state_key, raw)
             self._written = (raw, state)
-        await self._send(self._topics.audit, key, value)
+        self._send(self._topics.audit, key, value)
 
     def _known_redaction(self, record: _Record) -> Callable[[dict[str, Any]], None] | None:
         """For a record blocked before its check was made (invalid, internal error): the
@@ -643,9 +647,9 @@ class Pipeline:
         self._decided.set()
         if record.abandoned:  # its partition's acks belong to another generation now
             return
-        order = record.order
+        order, ack = record.order, self._ack
         while order and order[0].done:
-            order.popleft().ack()
+            ack(record.partition, order.popleft().offset)
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)

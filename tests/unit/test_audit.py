@@ -152,7 +152,7 @@ def signed_pipeline(answer: int = 200) -> tuple[Pipeline, list[bytes], dict[byte
 
     audit: list[bytes] = []
 
-    async def send(topic: str, key: Any, value: bytes, headers: Any = None, since: Any = None):
+    def send(topic: str, key: Any, value: bytes, headers: Any = None, since: Any = None) -> None:
         if topic == "secure-session.audit":
             audit.append(value)
 
@@ -180,7 +180,7 @@ def inbound(i: int, token: str = "ok", kind: str = "message") -> bytes:
 
 async def feed(p: Pipeline, records: list[tuple[int, bytes]]) -> None:
     for offset, value in records:
-        await p.submit(b"s1", value, 0, lambda: None, origin=Origin(0, offset))
+        await p.submit(b"s1", value, 0, offset, origin=Origin(0, offset))
         await asyncio.sleep(0.01)
     await p.drain_all()
 

@@ -92,17 +92,19 @@ def inbound(draw: st.DrawFn) -> tuple[bytes | None, bytes | None]:
     return key, raw
 
 
-def pipeline(outputs: list[tuple[str, bytes]]) -> Pipeline:
+def pipeline(outputs: list[tuple[str, bytes]], acks: list[int]) -> Pipeline:
     async def api(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200 if request.headers.get("X-T", "").startswith("ok") else 403)
 
-    async def send(
+    def send(
         topic: str, key: bytes | None, value: bytes, headers: Any = None, since: Any = None
     ) -> None:
         outputs.append((topic, value))
 
     plain = {"Name": "open", "Organization": "acme", "SecureSession": False}
-    return build(api, send, max_held=1000, more_bots=(plain,))
+    return build(
+        api, send, max_held=1000, more_bots=(plain,), ack=lambda _p, offset: acks.append(offset)
+    )
 
 
 @FUZZ
@@ -114,9 +116,9 @@ def test_every_generated_record_gets_exactly_one_decision(
     acks: list[int] = []
 
     async def run() -> None:
-        p = pipeline(outputs)
+        p = pipeline(outputs, acks)
         for n, (key, value) in enumerate(records):
-            await p.submit(key, value, 0, lambda n=n: acks.append(n))
+            await p.submit(key, value, 0, n)
         await p.drain_all()
 
     asyncio.run(run())

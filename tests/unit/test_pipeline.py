@@ -58,6 +58,7 @@ def build(
     max_held: int = 100,
     more_bots: tuple[dict[str, Any], ...] = (),
     clock: Callable[[], float] = time.time,
+    ack: Callable[[Any, int], Any] = lambda _partition, _offset: None,
 ) -> Pipeline:
     """A pipeline over bot acme/b, connector acme/A, an in-memory table and `handler`."""
     registry = Registry()
@@ -75,6 +76,7 @@ def build(
         jwt=JwtValidator(vault),
         table={},
         send=send,
+        ack=ack,
         topics=Topics(),
         max_held=max_held,
         metrics=Metrics(),
@@ -86,13 +88,17 @@ def make(gate: Gate, max_held: int = 100) -> tuple[Pipeline, list[tuple[str, Any
     sent: list[tuple[str, Any]] = []
     acked: list[int] = []
 
-    async def send(
+    def send(
         topic: str, key: bytes | None, value: bytes, headers: Any = None, since: Any = None
     ) -> None:
         doc = orjson.loads(value)
         sent.append((topic, doc["id"] if topic == Topics().allowed else doc))
 
-    return build(gate.handler, send, max_held), sent, acked
+    return (
+        build(gate.handler, send, max_held, ack=lambda _p, offset: acked.append(offset)),
+        sent,
+        acked,
+    )
 
 
 def ev(session: str, i: int, token: str) -> bytes:
@@ -111,8 +117,8 @@ async def test_waiters_are_decided_in_order_by_one_call_and_acks_follow_offsets(
     gate = Gate()
     p, sent, acked = make(gate)
     for i in range(3):
-        await p.submit(b"s1", ev("s1", i, "ok-1"), 0, lambda i=i: acked.append(i))
-    await p.submit(b"s2", ev("s2", 0, "bad"), 0, lambda: acked.append(3))
+        await p.submit(b"s1", ev("s1", i, "ok-1"), 0, i)
+    await p.submit(b"s2", ev("s2", 0, "bad"), 0, 3)
     await asyncio.sleep(0.01)
     assert sent == [] and acked == [] and p.held == 2
     gate.open.set()
@@ -129,8 +135,8 @@ async def test_intake_pauses_when_too_many_records_wait() -> None:
     gate = Gate()
     p, _, acked = make(gate, max_held=3)
     for i in range(3):
-        await p.submit(b"s1", ev("s1", i, "ok"), 0, lambda: acked.append(1))
-    blocked = asyncio.create_task(p.submit(b"s1", ev("s1", 3, "ok"), 0, lambda: acked.append(1)))
+        await p.submit(b"s1", ev("s1", i, "ok"), 0, i)
+    blocked = asyncio.create_task(p.submit(b"s1", ev("s1", 3, "ok"), 0, 3))
     await asyncio.sleep(0.05)
     assert not blocked.done()  # back-pressure: the agent loop waits
     gate.open.set()
@@ -145,7 +151,7 @@ async def test_a_value_that_cannot_be_a_header_is_token_invalid_and_never_stalls
     gate.open.set()
     p, sent, acked = make(gate)
     for i, token in enumerate(["tok\u00e9n", "a\r\nX-Admin: 1", "ok-1"]):
-        await p.submit(b"s", ev(f"s{i}", 0, token), 0, lambda i=i: acked.append(i))
+        await p.submit(b"s", ev(f"s{i}", 0, token), 0, i)
     await p.drain_all()
     blocked = [v for t, v in sent if t == "bot.messages.blocked"]
     assert [b["reason"] for b in blocked] == ["token_invalid", "token_invalid"]
@@ -158,15 +164,15 @@ async def test_each_decision_carries_when_its_message_came_in_and_audits_do_not(
     """The outbox times a decision from there to its delivery (worker/metrics.py)."""
     gate, sent = Gate(), []
 
-    async def send(
+    def send(
         topic: str, key: bytes | None, value: bytes, headers: Any = None, since: Any = None
     ) -> None:
         sent.append((topic, since))
 
     p = build(gate.handler, send)
     before = time.monotonic()
-    await p.submit(b"s1", ev("s1", 0, "ok-1"), 0, lambda: None)  # waits for the call
-    await p.submit(b"s2", b"not json", 0, lambda: None)  # blocked at once
+    await p.submit(b"s1", ev("s1", 0, "ok-1"), 0, 0)  # waits for the call
+    await p.submit(b"s2", b"not json", 0, 1)  # blocked at once
     came_in = time.monotonic()
     await asyncio.sleep(0.05)
     gate.open.set()
@@ -183,9 +189,9 @@ async def test_a_revoke_abandons_what_waits_unacked_and_unsent_and_keeps_other_p
     ones behind them are not acked either; another partition's records are untouched."""
     gate = Gate()
     p, sent, acked = make(gate)
-    await p.submit(b"s1", ev("s1", 0, "ok-1"), "p0", lambda: acked.append(0))  # a call
-    await p.submit(b"s1", ev("s1", 1, "ok-1"), "p0", lambda: acked.append(1))  # waits
-    await p.submit(b"s3", ev("s3", 0, "ok-3"), "p1", lambda: acked.append(10))  # a call
+    await p.submit(b"s1", ev("s1", 0, "ok-1"), "p0", 0)  # a call
+    await p.submit(b"s1", ev("s1", 1, "ok-1"), "p0", 1)  # waits
+    await p.submit(b"s3", ev("s3", 0, "ok-3"), "p1", 10)  # a call
     await asyncio.sleep(0.01)
     assert p.undecided({"p0"}) == 2 and p.held == 1
     abandoned = await p.settle({"p0"}, 0.05, "rebalance")
@@ -195,7 +201,7 @@ async def test_a_revoke_abandons_what_waits_unacked_and_unsent_and_keeps_other_p
     assert acked == [10]  # only the partition kept
     assert [v for t, v in sent if t == "bot.messages.allowed"] == ["s3-0"]
     # the session of the abandoned lane is free: a new owner's record validates anew
-    await p.submit(b"s1", ev("s1", 0, "ok-1"), "p0", lambda: acked.append(0))
+    await p.submit(b"s1", ev("s1", 0, "ok-1"), "p0", 0)
     await p.drain_all()
     assert acked == [10, 0]
 
@@ -203,8 +209,8 @@ async def test_a_revoke_abandons_what_waits_unacked_and_unsent_and_keeps_other_p
 async def test_settle_waits_for_what_finishes_within_the_grace() -> None:
     gate = Gate()
     p, sent, acked = make(gate)
-    await p.submit(b"s1", ev("s1", 0, "ok-1"), "p0", lambda: acked.append(0))
-    await p.submit(b"s1", ev("s1", 1, "ok-1"), "p0", lambda: acked.append(1))
+    await p.submit(b"s1", ev("s1", 0, "ok-1"), "p0", 0)
+    await p.submit(b"s1", ev("s1", 1, "ok-1"), "p0", 1)
     asyncio.get_running_loop().call_later(0.05, gate.open.set)
     assert await p.settle(None, 5, "stopping") == 0  # returns once decided, not at 5 s
     assert acked == [0, 1] and len(sent) == 3  # validation audit + two allowed
@@ -220,7 +226,7 @@ async def test_monitor_mode_allows_what_it_would_block_marked_and_audited() -> N
     }
     sent: list[tuple[str, bytes, dict[str, bytes]]] = []
 
-    async def send(
+    def send(
         topic: str, key: bytes | None, value: bytes, headers: Any = None, since: Any = None
     ) -> None:
         sent.append((topic, value, dict(headers or [])))
@@ -234,8 +240,8 @@ async def test_monitor_mode_allows_what_it_would_block_marked_and_audited() -> N
     good = orjson.dumps(
         {"id": "x2", "organization": "acme", "bot": "m", "sessionId": "u", "context": {"t": "ok"}}
     )
-    await p.submit(b"s", bad, 0, lambda: None)
-    await p.submit(b"u", good, 0, lambda: None)
+    await p.submit(b"s", bad, 0, 0)
+    await p.submit(b"u", good, 0, 1)
     await p.drain_all()
     topics = Topics()
     assert not [t for t, _, _ in sent if t == topics.blocked]
@@ -280,7 +286,7 @@ def refreshing(api: Api, f: float | None = 0.5) -> tuple[Pipeline, list[Any], li
     now = [1_000.0]
     out: list[Any] = []
 
-    async def send(
+    def send(
         topic: str, key: bytes | None, value: bytes, headers: Any = None, since: Any = None
     ) -> None:
         doc = orjson.loads(value)
@@ -300,7 +306,7 @@ def rev(i: int) -> bytes:
 
 
 async def message(p: Pipeline, i: int, partition: Any = 0) -> None:
-    await p.submit(b"s", rev(i), partition, lambda: None)
+    await p.submit(b"s", rev(i), partition, i)
     await asyncio.sleep(0)  # a started refresh reaches its call
 
 
@@ -426,7 +432,7 @@ async def test_a_session_ended_during_a_refresh_stays_ended() -> None:
     now[0] += 40
     await message(p, 1)  # its refresh waits
     end = {"id": "e", "organization": "acme", "bot": "r", "sessionId": "s", "type": "session_end"}
-    await p.submit(b"s", orjson.dumps(end), 0, lambda: None)
+    await p.submit(b"s", orjson.dumps(end), 0, 0)
     api.open.set()
     await p.drain_all()
     await message(p, 2)  # a new session: validated, not cached from the old state
