@@ -480,8 +480,13 @@ class Revocations:
 
     def revoked_at(self, org: str, bot: str, session: str, identity: str | None) -> int | None:
         """The latest revocation that covers this session (by itself or by its identity)."""
-        found = self.sessions.get(f"{org}/{bot}/{session}")
-        if identity is not None and (by_identity := self.identities.get(f"{org}/{identity}")):
+        # asked for every message: no key is made while nothing is revoked
+        found = self.sessions.get(f"{org}/{bot}/{session}") if self.sessions else None
+        if (
+            identity is not None
+            and self.identities
+            and (by_identity := self.identities.get(f"{org}/{identity}"))
+        ):
             found = by_identity if found is None else max(found, by_identity)
         return found
 
