@@ -18,14 +18,14 @@ from typing import Any
 import httpx
 
 from bench.harness import API_KEY, Bench
-from worker.validators.http import Http, new_transport
+from worker.validators.http import Http, Transport, new_transport
 
 CALLS = 4000
 AT_ONCE = 200
 
 
 async def cpu_per_call(
-    transport: httpx.AsyncBaseTransport, url: str, key: str, token: str
+    transport: Transport | httpx.AsyncBaseTransport, url: str, key: str, token: str
 ) -> float:
     """Milliseconds of this process's CPU a call, `AT_ONCE` calls in flight."""
     http = Http(transport, retries=0, backoff_s=0, connect_timeout_s=5, max_concurrent=AT_ONCE)

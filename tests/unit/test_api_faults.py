@@ -5,6 +5,7 @@ server on loopback. Every fault ends as an outcome; none raises, none hangs."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
 import struct
 import time
@@ -23,7 +24,8 @@ from worker.vault import Vault
 
 
 class RawApi:
-    """Answers by path: /ok, /spike, /reset, /hang, /huge, /badjson, /redirect."""
+    """Answers by path: /ok, /spike, /reset, /hang, /huge, /denied-huge, /gzip, /bomb,
+    /badjson, /redirect."""
 
     def __init__(self) -> None:
         self.paths: list[str] = []
@@ -66,8 +68,9 @@ class RawApi:
             await writer.drain()
             await asyncio.sleep(30)
             return
-        if path == "/huge":  # 50 MB, streamed
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 52428800\r\n\r\n")
+        if path in ("/huge", "/denied-huge"):  # 50 MB, streamed
+            status = b"200 OK" if path == "/huge" else b"403 Forbidden"
+            writer.write(b"HTTP/1.1 %s\r\nContent-Length: 52428800\r\n\r\n" % status)
             try:
                 for _ in range(800):
                     writer.write(b"x" * 65536)
@@ -79,6 +82,12 @@ class RawApi:
             port = writer.get_extra_info("sockname")[1]
             location = f"Location: http://127.0.0.1:{port}/ok\r\n"
             writer.write(f"HTTP/1.1 302 Found\r\n{location}Content-Length: 0\r\n\r\n".encode())
+        elif path in ("/gzip", "/bomb"):  # compressed: 15 bytes, or 50 MB of spaces
+            body = gzip.compress(b'{"user": "ann"}' if path == "/gzip" else b" " * 52428800)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
         elif path == "/badjson":
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{not json")
         else:
@@ -151,6 +160,24 @@ async def test_a_response_that_never_ends_times_out(api: tuple[RawApi, int]) -> 
 
 async def test_a_huge_body_is_cut_at_the_bound(api: tuple[RawApi, int]) -> None:
     outcome, detail, _, took = await call(api[1], "/huge", retries=0)
+    assert outcome == "unavailable" and "larger than 65536 bytes" in detail
+    assert took < 1
+
+
+async def test_a_denial_with_a_huge_body_is_a_denial(api: tuple[RawApi, int]) -> None:
+    outcome, detail, _, took = await call(api[1], "/denied-huge", retries=0)
+    assert (outcome, detail) == ("denied", "Authorization API answered 403")
+    assert took < 1  # decided without reading it all
+
+
+async def test_a_compressed_answer_is_read_decompressed(api: tuple[RawApi, int]) -> None:
+    assert (await call(api[1], "/gzip"))[:3] == ("allowed", "", "ann")
+
+
+async def test_a_compressed_body_is_bounded_by_its_decompressed_size(
+    api: tuple[RawApi, int],
+) -> None:
+    outcome, detail, _, took = await call(api[1], "/bomb", retries=0)
     assert outcome == "unavailable" and "larger than 65536 bytes" in detail
     assert took < 1
 

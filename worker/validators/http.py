@@ -29,7 +29,7 @@ from worker.validators.guard import EndpointGuard, GuardedResolver
 
 def new_transport(
     max_connections: int, verify: ssl.SSLContext | bool = True, *, public_only: bool = False
-) -> httpx.AsyncBaseTransport:
+) -> Transport:
     """What sends the worker's requests (`httpx.Request`, built by the validators): aiohttp,
     a pool sized to the calls allowed at once, no redirects followed, no cookies kept, no
     proxy from the environment; `verify`: certificates checked against the system's CAs
@@ -41,7 +41,7 @@ def new_transport(
     are what the worker does not want, and they cost a quarter of a call's CPU.
     """
     tls = httpx.create_ssl_context(verify, trust_env=False)
-    return _Transport(max_connections, tls, public_only=public_only)
+    return Transport(max_connections, tls, public_only=public_only)
 
 
 _FAULTS: tuple[tuple[type[Exception], type[httpx.TransportError]], ...] = (
@@ -64,14 +64,16 @@ def _as_httpx() -> Iterator[None]:
         raise fault(exc.__class__.__name__) from None  # aiohttp's message holds the URL
 
 
-class _Transport(httpx.AsyncBaseTransport):
-    """httpx requests sent by aiohttp's client (installed already: Faust's web server).
+class Transport:
+    """httpx requests sent by aiohttp's client (installed already: Faust's web server), and
+    the answer read by aiohttp too, as a status and a bounded body (`exchange`).
 
     httpx's own transport (httpcore on anyio) costs 0.84 ms of CPU a call in pools of 16
     connections, more in larger ones, as its bookkeeping grows with the square of its
     connections (encode/httpcore#1035: 3.3 ms with 200); through aiohttp 0.24-0.26 ms with
     200 (`BENCH_ONLY=calls`, docs/performance.md). Requests are still built by httpx (the
-    connectors' mappings, auth and tests use its API).
+    connectors' mappings, auth and tests use its API); answers are not made into httpx
+    responses (their streams and decoders cost a fifth of a call's CPU).
     """
 
     def __init__(self, max_connections: int, tls: ssl.SSLContext, *, public_only: bool) -> None:
@@ -92,50 +94,75 @@ class _Transport(httpx.AsyncBaseTransport):
             cookie_jar=aiohttp.DummyCookieJar(),  # never kept (see new_transport)
             # a connector's own User-Agent header, if it has one, wins over this default
             headers={"User-Agent": f"secure-session/{__version__}"},
-            auto_decompress=False,  # httpx decodes the body, as with its own transport
             trust_env=False,  # no proxy or .netrc from the environment
         )
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._session is None:
-            self._session = self._open()
-        timeout = request.extensions.get("timeout", {})
+    async def exchange(
+        self, request: httpx.Request, waits: httpx.Timeout, max_body: int, keep: bool
+    ) -> tuple[int, bytes | None]:
+        """Send `request`; the answer's status, and its body as `_bounded` reads it
+        (decompressed by aiohttp, which asks for gzip and deflate). `waits`: the socket's
+        connect and read timeouts (the caller bounds the whole attempt)."""
+        session = self._session
+        if session is None:
+            session = self._session = self._open()
         with _as_httpx():
-            response = await self._session.request(
+            response = await session.request(
                 request.method,
                 yarl.URL(str(request.url), encoded=True),  # as httpx encoded it
                 headers=request.headers.multi_items(),
                 data=request.content or None,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(
-                    sock_connect=timeout.get("connect"), sock_read=timeout.get("read")
-                ),
+                timeout=aiohttp.ClientTimeout(sock_connect=waits.connect, sock_read=waits.read),
             )
-        return httpx.Response(
-            response.status,
-            headers=response.raw_headers,
-            stream=_Body(response),
-            request=request,
-            extensions={"http_version": b"HTTP/1.1"},
-        )
+            try:
+                status = response.status
+                return status, await _bounded(response.content.iter_any(), status, max_body, keep)
+            finally:
+                # read to its end, the connection goes back to the pool; else it is closed
+                response.release()
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
 
 
-class _Body(httpx.AsyncByteStream):
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
+class _ViaHttpx:
+    """Any httpx transport behind the same `exchange` (the tests' `httpx.MockTransport`,
+    httpx's own transport in the benchmark)."""
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        with _as_httpx():
-            async for chunk in self._response.content.iter_chunked(64 * 1024):
-                yield chunk
+    def __init__(self, transport: httpx.AsyncBaseTransport) -> None:
+        self._transport = transport
 
-    async def aclose(self) -> None:
-        # read to the end: the connection goes back to the pool; else it is closed
-        self._response.release()
+    async def exchange(
+        self, request: httpx.Request, waits: httpx.Timeout, max_body: int, keep: bool
+    ) -> tuple[int, bytes | None]:
+        request.extensions["timeout"] = waits.as_dict()
+        response = await self._transport.handle_async_request(request)
+        try:
+            status = response.status_code
+            return status, await _bounded(response.aiter_bytes(), status, max_body, keep)
+        finally:
+            await response.aclose()
+
+
+async def _bounded(
+    chunks: AsyncIterator[bytes], status: int, max_body: int, keep: bool
+) -> bytes | None:
+    """The body when `keep`, else None; read to its end even when unwanted (unread, it keeps
+    the connection from going back to the pool: a new one every call). Larger than
+    `max_body`: `_TooLarge` if kept, else None, and the connection is not reused."""
+    kept: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > max_body:
+            if keep:
+                raise _TooLarge(status)
+            return None
+        if keep:
+            kept.append(chunk)
+    return b"".join(kept) if keep else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +188,7 @@ class Http:
 
     def __init__(
         self,
-        transport: httpx.AsyncBaseTransport,
+        transport: Transport | httpx.AsyncBaseTransport,
         *,
         retries: int,
         backoff_s: float,
@@ -172,7 +199,11 @@ class Http:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self._transport = transport
+        self._exchange = (
+            transport.exchange
+            if isinstance(transport, Transport)
+            else _ViaHttpx(transport).exchange
+        )
         self._retries = retries
         self._backoff_s = backoff_s
         self._connect_timeout_s = connect_timeout_s
@@ -229,20 +260,13 @@ class Http:
         if self._guard is not None:
             await self._guard.check(request.url)  # Misconfigured: nothing is sent
         timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, self._connect_timeout_s))
-        request.extensions["timeout"] = timeout.as_dict()
         try:
             async with self._slots, asyncio.timeout(timeout_s):
-                response = await self._transport.handle_async_request(request)
-                try:
-                    # read even an unwanted body (bounded): unread, it keeps the
-                    # connection from going back to the pool (a new one every call)
-                    body = await self._read(response, keep=read_body)
-                finally:
-                    await response.aclose()
+                status, body = await self._exchange(request, timeout, self._max_body, read_body)
         except (TimeoutError, httpx.TimeoutException):
             return None, None, f"{what} timed out after {timeout_s:g} s"
         except _TooLarge as too_large:
-            if too_large.status is not None and 400 <= too_large.status < 500:
+            if 400 <= too_large.status < 500:
                 # a 4xx is a denial whatever its body: decided without reading it all
                 return too_large.status, None, f"{what} answered {too_large.status}"
             return None, None, f"{what} answer is larger than {self._max_body} bytes"
@@ -250,24 +274,9 @@ class Http:
             # anything else is an internal error and blocks (never "no answer", which a
             # fail-open bot would allow); an httpx error's message may hold the URL
             return None, None, f"{what} connection failed ({exc.__class__.__name__})"
-        status = response.status_code
         if 300 <= status < 400:
             return status, body, f"{what} answered {status}; redirects are not followed"
         return status, body, f"{what} answered {status}"
-
-    async def _read(self, response: httpx.Response, *, keep: bool) -> bytes | None:
-        """The body up to the size bound (too large: `_TooLarge` if kept, else dropped)."""
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > self._max_body:
-                if keep:
-                    raise _TooLarge(response.status_code)
-                return None  # the connection is closed, not reused
-            if keep:
-                chunks.append(chunk)
-        return b"".join(chunks) if keep else None
 
 
 def _sendable_header(value: str) -> bool:
@@ -276,6 +285,6 @@ def _sendable_header(value: str) -> bool:
 
 
 class _TooLarge(Exception):
-    def __init__(self, status: int | None) -> None:
+    def __init__(self, status: int) -> None:
         super().__init__(status)
         self.status = status
